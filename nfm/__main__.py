@@ -1,0 +1,7 @@
+"""``python -m nfm`` runs the command line."""
+
+import sys
+
+from nfm.cli import main
+
+sys.exit(main())

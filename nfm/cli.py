@@ -1,0 +1,75 @@
+"""The ``nfm`` command line.
+
+``nfm`` with no arguments runs the main job (``nfm train``): it trains an MLP on an embedded
+dataset, tracks the Neural Feature Ansatz through training and writes an HTML report. Each
+sub-command lives in its own module under :mod:`nfm.jobs`, which provides
+``configure_parser(parser)`` and ``run(args) -> int``; modules are imported only when their
+command is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": (
+        "nfm.jobs.train_report",
+        "train an MLP on an embedded dataset, track the NFA, write an HTML report (default)",
+    ),
+    "analyze": (
+        "nfm.jobs.analyze",
+        "analyse a saved model on your own data file and write the same report",
+    ),
+    "tabular": (
+        "nfm.jobs.tabular",
+        "run the tabular benchmark: RFM against tabular learners and xrfm",
+    ),
+    "grokking": (
+        "nfm.jobs.grokking",
+        "grokking of modular arithmetic by an RFM and by a neural network",
+    ),
+}
+DEFAULT_COMMAND = "train"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with one sub-parser per command."""
+    parser = argparse.ArgumentParser(
+        prog="nfm",
+        description="Neural feature matrices, AGOP and Recursive Feature Machines. "
+        f"Without a command, runs '{DEFAULT_COMMAND}'.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(_module=module_name)
+        module = importlib.import_module(module_name)
+        module.configure_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nfm`` console script; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "-q", "--quiet"):
+        argv = [DEFAULT_COMMAND, *argv]
+    elif argv[0] in ("-q", "--quiet") and (len(argv) == 1 or argv[1].startswith("-")):
+        argv = [argv[0], DEFAULT_COMMAND, *argv[1:]]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+    )
+    module = importlib.import_module(args._module)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
