@@ -1,4 +1,4 @@
-"""nfm: neural feature matrices, the AGOP, the Neural Feature Ansatz and Recursive Feature Machines."""
+"""nfm: neural feature matrices, AGOP, the Neural Feature Ansatz and Recursive Feature Machines."""
 
 from nfm.exceptions import LayerSelectionError, NFMError, NFMInputError, NumericalWarning
 from nfm.linalg import matrix_correlation, symmetric_matrix_power

@@ -57,10 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nfm`` console script; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "-q", "--quiet"):
-        argv = [DEFAULT_COMMAND, *argv]
-    elif argv[0] in ("-q", "--quiet") and (len(argv) == 1 or argv[1].startswith("-")):
-        argv = [argv[0], DEFAULT_COMMAND, *argv[1:]]
+    # Insert the default command after the global options unless a command or help was asked.
+    position = 0
+    while position < len(argv) and argv[position] in ("-q", "--quiet"):
+        position += 1
+    rest = argv[position:]
+    if not rest or (rest[0] not in COMMANDS and rest[0] not in ("-h", "--help")):
+        argv.insert(position, DEFAULT_COMMAND)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
