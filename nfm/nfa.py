@@ -1,0 +1,323 @@
+r"""The Neural Feature Ansatz: how well a layer's NFM matches a power of its AGOP.
+
+The ansatz (Radhakrishnan et al., Science 2024) states
+:math:`W_l^T W_l \propto \mathrm{AGOP}_l^{\alpha}` after training. We measure it by the
+correlation between :math:`\mathrm{vec}(W_l^T W_l)` and :math:`\mathrm{vec}(\mathrm{AGOP}_l^\alpha)`
+(:func:`nfm.linalg.matrix_correlation`: Pearson or cosine, with or without the diagonal), with the
+power taken through a symmetric eigendecomposition, eigenvalues clamped at 0.
+
+At a linear layer whose output *is* the model output, :math:`J_l = W_l` for every sample, so
+:math:`\mathrm{AGOP}_l = W_l^T W_l` exactly and the correlation at :math:`\alpha = 1` is 1 by
+construction: :func:`output_layer_names` finds these layers and :func:`nfa_report` flags them
+(``by_construction=True``) so they are not counted as evidence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+from torch import nn
+
+from nfm._arrays import restore_kind, to_tensor
+from nfm.agop import OutputSpec, _is_same_tensor, _ModelState, _run, compute_nfm
+from nfm.exceptions import NFMInputError
+from nfm.layers import LayerSpec, select_layers
+from nfm.linalg import CorrelationKind, matrix_correlation, symmetric_matrix_power
+
+__all__ = [
+    "NFAReport",
+    "correlation_column",
+    "fit_alpha",
+    "nfa_correlation",
+    "nfa_report",
+    "output_layer_names",
+]
+
+
+def nfa_correlation(
+    nfm_matrix: Any,
+    agop_matrix: Any,
+    *,
+    alpha: float = 0.5,
+    kind: CorrelationKind = "pearson",
+    exclude_diagonal: bool = False,
+) -> float:
+    r"""Correlation between an NFM and a power of an AGOP.
+
+    .. math:: \rho_\alpha = \mathrm{corr}\big(\mathrm{vec}(\mathrm{NFM}),\,
+              \mathrm{vec}(\mathrm{AGOP}^{\alpha})\big)
+
+    with ``corr`` the Pearson correlation (centred) or the cosine similarity (uncentred) of the
+    entries, optionally off the diagonal only (:func:`nfm.linalg.matrix_correlation`), and the
+    power from the eigendecomposition with eigenvalues clamped at 0
+    (:func:`nfm.linalg.symmetric_matrix_power`).
+
+    Parameters
+    ----------
+    nfm_matrix, agop_matrix : (d, d) arrays or tensors
+    alpha : float
+        Power of the AGOP, >= 0 (1/2 in the later papers, 1 in the first statement).
+    kind : {"pearson", "cosine"}
+    exclude_diagonal : bool
+
+    Returns
+    -------
+    float in [-1, 1]; ``nan`` when a matrix is constant (Pearson) or zero.
+    """
+    nfm_t, agop_t = _pair(nfm_matrix, agop_matrix)
+    powered = symmetric_matrix_power(agop_t, float(alpha))
+    return matrix_correlation(nfm_t, powered, kind=kind, exclude_diagonal=exclude_diagonal)
+
+
+def _pair(nfm_matrix: Any, agop_matrix: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    nfm_t = to_tensor(nfm_matrix, "nfm_matrix").detach().to("cpu", torch.float64)
+    agop_t = to_tensor(agop_matrix, "agop_matrix").detach().to("cpu", torch.float64)
+    for name, t in (("nfm_matrix", nfm_t), ("agop_matrix", agop_t)):
+        if t.ndim != 2 or t.shape[0] != t.shape[1]:
+            raise NFMInputError(f"{name} must be a square matrix; got shape {tuple(t.shape)}")
+    if nfm_t.shape != agop_t.shape:
+        raise NFMInputError(
+            f"nfm_matrix and agop_matrix must have the same shape; got {tuple(nfm_t.shape)} "
+            f"and {tuple(agop_t.shape)}"
+        )
+    return nfm_t, agop_t
+
+
+def fit_alpha(
+    nfm_matrix: Any,
+    agop_matrix: Any,
+    *,
+    kind: CorrelationKind = "pearson",
+    exclude_diagonal: bool = False,
+    bounds: tuple[float, float] = (0.05, 2.0),
+    grid_size: int = 25,
+) -> tuple[float, float]:
+    r"""The power :math:`\alpha` in ``bounds`` that maximises :func:`nfa_correlation`.
+
+    The AGOP is eigendecomposed once, :math:`A = U \Lambda U^T`; each candidate power is
+    :math:`U \max(\Lambda, 0)^\alpha U^T` (the same clamped convention as
+    :func:`nfm.linalg.symmetric_matrix_power`, without re-decomposing). The correlation is
+    evaluated on a log-spaced grid of ``grid_size`` powers (plus 1/2 and 1), then refined by
+    bounded scalar minimisation (scipy) between the grid neighbours of the best point.
+
+    Returns
+    -------
+    (alpha, correlation) : tuple of float
+        ``(nan, nan)`` when the correlation is undefined for every power.
+    """
+    lo, hi = (float(b) for b in bounds)
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+        raise NFMInputError(f"bounds must be finite with 0 < low < high; got {bounds!r}")
+    if grid_size < 3:
+        raise NFMInputError(f"grid_size must be at least 3; got {grid_size!r}")
+    nfm_t, agop_t = _pair(nfm_matrix, agop_matrix)
+    eigvals, eigvecs = torch.linalg.eigh(0.5 * (agop_t + agop_t.T))
+    eigvals = eigvals.clamp(min=0)
+
+    def correlation(alpha: float) -> float:
+        powered = (eigvecs * eigvals.pow(alpha)) @ eigvecs.T
+        return matrix_correlation(
+            nfm_t, 0.5 * (powered + powered.T), kind=kind, exclude_diagonal=exclude_diagonal
+        )
+
+    # log-spaced grid, plus the powers in use in the literature (1/2, 1) when inside the bounds
+    grid = np.geomspace(lo, hi, grid_size)
+    grid = np.unique(np.concatenate([grid, [a for a in (0.5, 1.0) if lo <= a <= hi]]))
+    values = np.array([correlation(float(a)) for a in grid])
+    if np.all(np.isnan(values)):
+        return float("nan"), float("nan")
+    best = int(np.nanargmax(values))
+    best_alpha, best_corr = float(grid[best]), float(values[best])
+    left, right = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    if right > left:
+        refined = minimize_scalar(
+            lambda a: -np.nan_to_num(correlation(float(a)), nan=-2.0),
+            bounds=(float(left), float(right)),
+            method="bounded",
+            options={"xatol": 1e-6},
+        )
+        if refined.success and -float(refined.fun) > best_corr:
+            best_alpha, best_corr = float(refined.x), -float(refined.fun)
+    return best_alpha, best_corr
+
+
+def output_layer_names(
+    model: nn.Module,
+    example_input: Any,
+    layers: LayerSpec | Sequence[LayerSpec] | None = None,
+) -> set[str]:
+    """Selected linear layers whose output is the model output (AGOP = W^T W by construction).
+
+    Runs one forward pass on ``example_input`` in eval mode (no gradients; the model's modes
+    are restored and the hooks removed afterwards) and returns the names of the selected layers
+    with a ``weight`` whose output tensor is the model's output tensor (the same tensor or a
+    contiguous view of the same memory, e.g. after ``squeeze``).
+    """
+    selected = select_layers(model, layers)
+    x = to_tensor(example_input, "example_input")
+    device = next((p.device for p in model.parameters()), x.device)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if x.is_floating_point() and dtype is not None:
+        x = x.to(device=device, dtype=dtype)
+    else:
+        x = x.to(device=device)
+    outputs: dict[str, Any] = {}
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            outputs[name] = output
+
+        return hook
+
+    try:
+        with _ModelState(model), torch.no_grad():
+            for name, module in selected.items():
+                handles.append(module.register_forward_hook(make_hook(name)))
+            out = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not isinstance(out, torch.Tensor):
+        return set()
+    return {
+        name
+        for name, o in outputs.items()
+        if _is_same_tensor(o, out)
+        and isinstance(getattr(selected[name], "weight", None), torch.Tensor)
+    }
+
+
+def correlation_column(kind: str, alpha: float, exclude_diagonal: bool) -> str:
+    """Column name of one correlation in :class:`NFAReport` rows (``"pearson_a0.5_offdiag"``)."""
+    return f"{kind}_a{alpha:g}" + ("_offdiag" if exclude_diagonal else "")
+
+
+@dataclass
+class NFAReport:
+    """Per-layer NFA correlations: ``rows`` (one dict per layer), the NFMs and the AGOPs.
+
+    Each row has ``layer``, ``d``, ``by_construction`` (the layer's output is the model output,
+    so AGOP = NFM exactly and the correlation is not evidence), one column per
+    (kind, alpha, exclude_diagonal) named by :func:`correlation_column`, ``best_alpha`` and
+    ``best_corr`` (fitted with the first kind and diagonal setting), ``nfm_trace`` and
+    ``agop_trace``.
+    """
+
+    rows: list[dict[str, Any]]
+    nfm: dict[str, torch.Tensor]
+    agop: dict[str, Any]
+    columns: list[str] = field(default_factory=list)
+
+    def to_frame(self) -> Any:
+        """The rows as a pandas DataFrame (or the list of dicts when pandas is missing)."""
+        try:
+            import pandas as pd
+        except ImportError:  # pragma: no cover - pandas is optional
+            return self.rows
+        return pd.DataFrame(self.rows, columns=self.columns or None)
+
+    def __str__(self) -> str:
+        cols = self.columns or (list(self.rows[0]) if self.rows else [])
+        lines = ["  ".join(cols)]
+        for row in self.rows:
+            cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in (row[c] for c in cols)]
+            lines.append("  ".join(cells))
+        return "\n".join(lines)
+
+
+def nfa_report(
+    model: nn.Module,
+    data: Any,
+    *,
+    layers: LayerSpec | Sequence[LayerSpec] | None = None,
+    alphas: Sequence[float] = (0.5, 1.0),
+    kinds: Sequence[CorrelationKind] = ("pearson", "cosine"),
+    exclude_diagonal: Sequence[bool] | bool = (False, True),
+    fit_best_alpha: bool = True,
+    alpha_bounds: tuple[float, float] = (0.05, 2.0),
+    outputs: OutputSpec = None,
+    centered: bool = False,
+    **agop_kwargs: Any,
+) -> NFAReport:
+    """NFA correlation of every selected layer, as a table.
+
+    Computes the NFMs (:func:`nfm.agop.compute_nfm`) and the AGOPs
+    (:func:`nfm.agop.compute_agop`, one pass; ``agop_kwargs`` go there) and correlates them
+    for every combination of ``alphas``, ``kinds`` and ``exclude_diagonal``. Layers whose
+    output is the model output are flagged ``by_construction`` (detected during the AGOP pass).
+
+    Returns
+    -------
+    NFAReport
+    """
+    if isinstance(exclude_diagonal, bool):
+        exclude_diagonal = (exclude_diagonal,)
+    alphas = tuple(float(a) for a in alphas)
+    kinds = tuple(kinds)
+    diags = tuple(bool(d) for d in exclude_diagonal)
+    if not alphas or not kinds or not diags:
+        raise NFMInputError("alphas, kinds and exclude_diagonal must each be non-empty")
+    for kind in kinds:
+        if kind not in ("pearson", "cosine"):
+            raise NFMInputError(f"kinds must hold 'pearson' or 'cosine'; got {kind!r}")
+    nfms = compute_nfm(model, layers)
+    agop_kwargs.pop("include_input", None)
+    chunk_size = agop_kwargs.pop("chunk_size", 256)
+    batch_size = agop_kwargs.pop("batch_size", None)
+    if batch_size is not None:
+        chunk_size = batch_size
+    acc, kind_of_data, run = _run(
+        model,
+        data,
+        layers=list(nfms),
+        include_input=False,
+        outputs=outputs,
+        dtype=agop_kwargs.pop("dtype", None),
+        chunk_size=chunk_size,
+        output_chunk_size=agop_kwargs.pop("output_chunk_size", None),
+        vectorize=agop_kwargs.pop("vectorize", True),
+        check_independence=agop_kwargs.pop("check_independence", True),
+        verbose=agop_kwargs.pop("verbose", False),
+    )
+    if agop_kwargs:
+        raise NFMInputError(f"unknown keyword argument(s) for nfa_report: {sorted(agop_kwargs)}")
+    agops = acc.result(centered=centered, dtype=run.dtype)
+    columns = ["layer", "d", "by_construction"]
+    columns += [correlation_column(k, a, d) for k in kinds for a in alphas for d in diags]
+    if fit_best_alpha:
+        columns += ["best_alpha", "best_corr"]
+    columns += ["nfm_trace", "agop_trace"]
+    rows: list[dict[str, Any]] = []
+    for name, nfm_matrix in nfms.items():
+        agop_matrix = agops[name]
+        row: dict[str, Any] = {
+            "layer": name,
+            "d": int(nfm_matrix.shape[0]),
+            "by_construction": name in run.output_layers and outputs is None and not centered,
+        }
+        for k in kinds:
+            for a in alphas:
+                for d in diags:
+                    row[correlation_column(k, a, d)] = nfa_correlation(
+                        nfm_matrix, agop_matrix, alpha=a, kind=k, exclude_diagonal=d
+                    )
+        if fit_best_alpha:
+            row["best_alpha"], row["best_corr"] = fit_alpha(
+                nfm_matrix,
+                agop_matrix,
+                kind=kinds[0],
+                exclude_diagonal=diags[0],
+                bounds=alpha_bounds,
+            )
+        row["nfm_trace"] = float(torch.trace(nfm_matrix.double()))
+        row["agop_trace"] = float(torch.trace(agop_matrix.double()))
+        rows.append(row)
+    agop_out = {name: restore_kind(value, kind_of_data) for name, value in agops.items()}
+    return NFAReport(rows=rows, nfm=nfms, agop=agop_out, columns=columns)
