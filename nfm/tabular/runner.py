@@ -1,0 +1,359 @@
+"""Run the benchmark: datasets x splits x methods, tuned by one protocol, written as CSV.
+
+The unit of work is one (dataset, seed, method); the split and the preprocessing depend only on
+(dataset, seed), so every method gets the same arrays. Result rows are appended to
+``results.csv`` as soon as a unit finishes (partial runs survive), and a rerun skips every
+(dataset, seed, method) already in the file (resumable). The validation score of every
+configuration tried goes to
+``tuning.csv``; it is what the RFM defaults are chosen from.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import time
+import traceback
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nfm.tabular import datasets as ds
+from nfm.tabular import methods as mt
+from nfm.tabular import protocol as pr
+
+logger = logging.getLogger(__name__)
+
+RESULT_COLUMNS = [
+    "dataset",
+    "task",
+    "seed",
+    "method",
+    "status",
+    "n_fit",
+    "n_val",
+    "n_test",
+    "n_features",
+    "n_classes",
+    "n_configs",
+    "config_index",
+    "config",
+    "val_score",
+    "accuracy",
+    "rmse",
+    "r2",
+    "fit_seconds",
+    "predict_seconds",
+    "time_seconds",
+    "peak_mib",
+    "tune_seconds",
+    "threads",
+    "error",
+]
+TUNING_COLUMNS = [
+    "dataset",
+    "task",
+    "seed",
+    "method",
+    "config_index",
+    "config",
+    "status",
+    "val_score",
+    "fit_seconds",
+    "peak_mib",
+]
+
+
+@dataclass
+class BenchmarkConfig:
+    """Everything that defines a run (written to ``run.json`` beside the results)."""
+
+    datasets: list[str]
+    methods: list[str]
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    budget: int = 4
+    max_train: int | None = 2000
+    max_test: int | None = 5000
+    test_fraction: float = 0.25
+    validation_fraction: float = 0.2
+    threads: int = 1
+    jobs: int = 1
+    cache_dir: str | None = None
+    time_limit: float | None = None
+
+
+def machine_info() -> dict[str, Any]:
+    """Machine description: ``uname -a``, CPU model, core count, date (UTC), library versions."""
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=False)
+        uname_text = uname.stdout.strip()
+    except OSError:
+        uname_text = " ".join(platform.uname())
+    versions = {}
+    for package in ["nfm", "numpy", "torch", "sklearn", "xrfm", "xgboost", "lightgbm", "catboost"]:
+        try:
+            module = __import__(package)
+            versions[package] = getattr(module, "__version__", "?")
+        except ImportError:
+            versions[package] = None
+    sources = {}
+    root = Path(__file__).resolve().parent.parent
+    for name in ("rfm.py", "solvers.py", "kernels.py", "model_selection.py"):
+        path = root / name
+        if path.exists():
+            sources[name] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return {
+        "nfm_sources_sha256": sources,
+        "uname": uname_text,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def _load(name: str, cache_dir: str | None) -> ds.TabularDataset:
+    return ds.load_dataset(name, cache_dir=cache_dir)
+
+
+def _predict(model: Any, X: np.ndarray, threads: int) -> tuple[np.ndarray, float]:
+    with mt.thread_limit(threads), pr.measure(track_memory=False) as meter:
+        out = model.predict(X)
+    return out, meter.seconds
+
+
+def run_method(
+    method: mt.Method,
+    data: pr.PreparedSplit,
+    *,
+    seed: int,
+    budget: int,
+    threads: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Tune one method on one prepared split; return its result row and its tuning rows.
+
+    Each configuration is fitted on the fit part (timed, peak memory measured) and scored on
+    the validation part; the best one (ties: the earlier, i.e. the more default configuration)
+    predicts the test part.
+    """
+    task = data.task
+    configs = mt.method_configs(method, task, budget)
+    tuning_rows: list[dict[str, Any]] = []
+    best: tuple[float, int, Any, pr.Measurement] | None = None
+    errors = []
+    tune_start = time.perf_counter()
+    for index, config in enumerate(configs):
+        row = {
+            "method": method.name,
+            "config_index": index,
+            "config": json.dumps(config, default=str),
+        }
+        try:
+            model = method.build(task, config, seed, threads)
+            with mt.thread_limit(threads), pr.measure() as meter:
+                model.fit(data.X_fit, data.y_fit, data.X_val, data.y_val)
+            val_pred, _ = _predict(model, data.X_val, threads)
+            score = pr.validation_score(task, data.y_val, val_pred)
+            if not math.isfinite(score):
+                raise FloatingPointError(f"validation score is {score}")
+            row.update(status="ok", val_score=score, fit_seconds=meter.seconds,
+                       peak_mib=meter.peak_mib)
+            if best is None or score > best[0]:
+                best = (score, index, model, meter)
+        except Exception as error:  # a failing configuration must not stop the benchmark
+            logger.warning("%s config %d failed: %s", method.name, index, error)
+            logger.debug("%s", traceback.format_exc())
+            errors.append(f"config {index}: {type(error).__name__}: {error}")
+            row.update(status="failed", val_score=float("nan"), fit_seconds=float("nan"),
+                       peak_mib=float("nan"))
+        tuning_rows.append(row)
+    tune_seconds = time.perf_counter() - tune_start
+    result: dict[str, Any] = {
+        "method": method.name,
+        "n_configs": len(configs),
+        "tune_seconds": tune_seconds,
+        "threads": threads,
+        "error": "; ".join(errors)[:500],
+    }
+    if best is None:
+        result.update(status="failed")
+        return result, tuning_rows
+    score, index, model, meter = best
+    try:
+        test_pred, predict_seconds = _predict(model, data.X_test, threads)
+    except Exception as error:
+        result.update(status="failed", error=f"predict: {type(error).__name__}: {error}"[:500])
+        return result, tuning_rows
+    result.update(
+        status="ok",
+        config_index=index,
+        config=json.dumps(configs[index], default=str),
+        val_score=score,
+        fit_seconds=meter.seconds,
+        predict_seconds=predict_seconds,
+        time_seconds=meter.seconds + predict_seconds,
+        peak_mib=meter.peak_mib,
+    )
+    if task == "classification":
+        result["accuracy"] = pr.accuracy(data.y_test, test_pred)
+    else:
+        y_true = data.raw_targets("test")
+        y_hat = data.to_target_scale(test_pred)
+        result["rmse"] = pr.rmse(y_true, y_hat)
+        result["r2"] = pr.r2(y_true, y_hat)
+    return result, tuning_rows
+
+
+def run_unit(
+    dataset_name: str,
+    seed: int,
+    method_names: Sequence[str],
+    config: BenchmarkConfig,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run the given methods on one (dataset, seed); returns (result rows, tuning rows)."""
+    dataset = _load(dataset_name, config.cache_dir)
+    split = pr.make_split(
+        dataset.target,
+        dataset.task,
+        seed,
+        test_fraction=config.test_fraction,
+        validation_fraction=config.validation_fraction,
+        max_train=config.max_train,
+        max_test=config.max_test,
+    )
+    data = pr.prepare_split(dataset, split)
+    common = {
+        "dataset": dataset_name,
+        "task": dataset.task,
+        "seed": seed,
+        "n_fit": len(split.fit),
+        "n_val": len(split.validation),
+        "n_test": len(split.test),
+        "n_features": data.X_fit.shape[1],
+        "n_classes": len(data.classes) if data.classes is not None else 0,
+    }
+    results, tuning = [], []
+    for method in mt.available_methods(method_names):
+        logger.info("%s seed %d: %s", dataset_name, seed, method.name)
+        row, rows = run_method(
+            method, data, seed=seed, budget=config.budget, threads=config.threads
+        )
+        results.append({**common, **row})
+        tuning.extend({**{k: common[k] for k in ("dataset", "task", "seed")}, **r} for r in rows)
+        logger.info(
+            "%s seed %d: %s %s acc=%s rmse=%s time=%.2fs",
+            dataset_name, seed, method.name, row["status"], row.get("accuracy"),
+            row.get("rmse"), row.get("time_seconds", float("nan")),
+        )
+    return results, tuning
+
+
+def _append(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in columns})
+
+
+def completed_units(path: Path) -> set[tuple[str, int, str]]:
+    """(dataset, seed, method) triples already in a results CSV."""
+    if not path.exists():
+        return set()
+    with path.open() as handle:
+        return {(r["dataset"], int(r["seed"]), r["method"]) for r in csv.DictReader(handle)}
+
+
+def _init_worker() -> None:
+    logging.basicConfig(level=logging.WARNING)
+
+
+def run_benchmark(config: BenchmarkConfig, output_dir: str | Path) -> Path:
+    """Run (or resume) the benchmark described by ``config``; results go to ``output_dir``.
+
+    Writes ``results.csv`` (one row per dataset x seed x method), ``tuning.csv`` (one row per
+    configuration tried) and ``run.json`` (the config and the machine). Returns the results path.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results_path = output_dir / "results.csv"
+    tuning_path = output_dir / "tuning.csv"
+    methods = [m.name for m in mt.available_methods(config.methods)]
+    meta = {"config": asdict(config), "machine": machine_info(), "methods_run": methods}
+    (output_dir / "run.json").write_text(json.dumps(meta, indent=1, default=str))
+    done = completed_units(results_path)
+    units = [
+        (name, seed, method)
+        for name in config.datasets
+        for seed in config.seeds
+        for method in methods
+        if (name, seed, method) not in done
+    ]
+    logger.info("%d units to run (%d already done)", len(units), len(done))
+    deadline = None if config.time_limit is None else time.monotonic() + config.time_limit
+
+    def record(result: tuple[list[dict], list[dict]]) -> None:
+        rows, tuning_rows = result
+        _append(results_path, RESULT_COLUMNS, rows)
+        _append(tuning_path, TUNING_COLUMNS, tuning_rows)
+
+    if config.jobs <= 1:
+        for name, seed, method in units:
+            if deadline is not None and time.monotonic() > deadline:
+                logger.warning("time limit reached; %s and later units not started", name)
+                break
+            try:
+                record(run_unit(name, seed, [method], config))
+            except Exception:
+                logger.exception("unit %s seed %d %s failed", name, seed, method)
+        return results_path
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(config.jobs, mp_context=context, initializer=_init_worker)
+    pending: dict[Any, tuple[str, int, str]] = {}
+    queue = list(units)
+    try:
+        while queue or pending:
+            late = deadline is not None and time.monotonic() > deadline
+            while queue and len(pending) < 2 * config.jobs and not late:
+                name, seed, method = queue.pop(0)
+                future = pool.submit(run_unit, name, seed, [method], config)
+                pending[future] = (name, seed, method)
+            if late and queue:
+                logger.warning("time limit reached; %d units not started", len(queue))
+                queue.clear()
+            finished, _ = wait(list(pending), timeout=5.0, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name, seed, method = pending.pop(future)
+                try:
+                    record(future.result())
+                except Exception:
+                    logger.exception("unit %s seed %d %s failed", name, seed, method)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results_path

@@ -1,0 +1,286 @@
+"""Summaries of a results table: mean scores, ranks, wins, geometric-mean times, RFM vs xrfm.
+
+Definitions (per task, over the datasets where every compared method finished):
+
+- a dataset's score for a method is the mean over the seeds on which *all* methods finished
+  (accuracy for classification; RMSE and R^2 for regression);
+- **rank** on a dataset: 1 = best score (highest accuracy, lowest RMSE); ties share the average
+  rank; **mean rank** averages the ranks over datasets;
+- **wins**: datasets where the method's rank is the best rank on that dataset (ties all win);
+- **geometric-mean time**: exp(mean(log t)) over the (dataset, seed) rows, t = fit + predict
+  seconds of the configuration the tuning kept;
+- **time ratio** xrfm / rfm: per (dataset, seed), t_xrfm / t_rfm; reported as its geometric mean.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+
+def geometric_mean(values: Sequence[float] | np.ndarray) -> float:
+    """exp(mean(log v)) over the finite positive values; NaN if there are none."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    return float(np.exp(np.mean(np.log(v)))) if len(v) else float("nan")
+
+
+def rank_scores(scores: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """Ranks of the entries of ``scores`` (1 = best), ties sharing their average rank."""
+    from scipy.stats import rankdata
+
+    s = np.asarray(scores, dtype=float)
+    return rankdata(-s if higher_is_better else s, method="average")
+
+
+def _primary(task: str) -> tuple[str, bool]:
+    return ("accuracy", True) if task == "classification" else ("rmse", False)
+
+
+def complete_table(results: pd.DataFrame, task: str, methods: Sequence[str]) -> pd.DataFrame:
+    """Rows of ``task`` restricted to (dataset, seed) pairs where every method has status ok."""
+    ok = results[(results["task"] == task) & (results["status"] == "ok")]
+    ok = ok[ok["method"].isin(methods)]
+    counts = ok.groupby(["dataset", "seed"])["method"].nunique()
+    full = counts[counts == len(methods)].index
+    keyed = ok.set_index(["dataset", "seed"])
+    return keyed.loc[keyed.index.isin(full)].reset_index()
+
+
+def dataset_scores(table: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Dataset x method matrix of the primary score, averaged over seeds."""
+    metric, _ = _primary(task)
+    return table.pivot_table(index="dataset", columns="method", values=metric, aggfunc="mean")
+
+
+def method_summary(results: pd.DataFrame, task: str, methods: Sequence[str]) -> pd.DataFrame:
+    """Per-method summary for one task (rows sorted by mean rank).
+
+    Columns: datasets, mean_accuracy (or mean_rmse, mean_r2), mean_rank, wins,
+    gmean_time_s, mean_peak_mib.
+    """
+    import pandas as pd
+
+    table = complete_table(results, task, methods)
+    if table.empty:
+        return pd.DataFrame(columns=["method", "datasets", "mean_rank", "wins"])
+    _metric, higher = _primary(task)
+    scores = dataset_scores(table, task)[list(methods)]
+    ranks = scores.apply(lambda row: pd.Series(rank_scores(row.to_numpy(), higher),
+                                               index=row.index), axis=1)
+    best_rank = ranks.min(axis=1)
+    rows = []
+    for method in methods:
+        part = table[table["method"] == method]
+        row: dict[str, Any] = {"method": method, "datasets": int(scores[method].notna().sum())}
+        if task == "classification":
+            row["mean_accuracy"] = float(scores[method].mean())
+        else:
+            row["mean_rmse"] = float(scores[method].mean())
+            row["mean_r2"] = float(part.groupby("dataset")["r2"].mean().mean())
+        row["mean_rank"] = float(ranks[method].mean())
+        row["wins"] = int((ranks[method] == best_rank).sum())
+        row["gmean_time_s"] = geometric_mean(part["time_seconds"])
+        row["mean_peak_mib"] = float(np.nanmean(part["peak_mib"])) if len(part) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("mean_rank").reset_index(drop=True)
+
+
+def pairwise(results: pd.DataFrame, task: str, first: str, second: str) -> dict[str, float]:
+    """Compare ``first`` (e.g. "rfm") with ``second`` (e.g. "xrfm") on their common rows.
+
+    Returns the number of datasets and (dataset, seed) pairs compared, the geometric mean of
+    t_second / t_first, the mean score of each, and dataset wins/ties/losses of ``first``
+    (scores averaged over seeds; tie = equal to 1e-12).
+    """
+    table = complete_table(results, task, [first, second])
+    metric, higher = _primary(task)
+    if table.empty:
+        return {"datasets": 0, "pairs": 0}
+    wide = table.pivot_table(index=["dataset", "seed"], columns="method",
+                             values=["time_seconds", metric])
+    ratio = wide["time_seconds"][second] / wide["time_seconds"][first]
+    per_dataset = table.pivot_table(index="dataset", columns="method", values=metric)
+    diff = per_dataset[first] - per_dataset[second]
+    if not higher:
+        diff = -diff
+    extra = {}
+    if task == "regression":
+        r2_table = table.pivot_table(index="dataset", columns="method", values="r2")
+        extra = {f"mean_r2_{first}": float(r2_table[first].mean()),
+                 f"mean_r2_{second}": float(r2_table[second].mean())}
+    return {
+        "datasets": len(per_dataset),
+        "pairs": len(wide),
+        "gmean_time_ratio": geometric_mean(ratio.to_numpy()),
+        f"mean_{metric}_{first}": float(per_dataset[first].mean()),
+        f"mean_{metric}_{second}": float(per_dataset[second].mean()),
+        "wins": int((diff > 1e-12).sum()),
+        "ties": int((diff.abs() <= 1e-12).sum()),
+        "losses": int((diff < -1e-12).sum()),
+        **extra,
+    }
+
+
+def time_by_size(
+    results: pd.DataFrame, methods: Sequence[str], edges: Sequence[int] = (0, 500, 1300, 10**9)
+) -> pd.DataFrame:
+    """Geometric-mean fit + predict seconds per method, by training-size bin (n_fit).
+
+    Only (dataset, seed) units where every listed method finished; ``units`` = their number.
+    """
+    import pandas as pd
+
+    ok = results[(results["status"] == "ok") & results["method"].isin(methods)]
+    wide = ok.pivot_table(index=["dataset", "seed"], columns="method",
+                          values="time_seconds").dropna()
+    n_fit = ok.groupby(["dataset", "seed"])["n_fit"].first().reindex(wide.index)
+    rows = []
+    for low, high in itertools.pairwise(edges):
+        inside = (n_fit >= low) & (n_fit < high)
+        label = f"{low} <= n_fit < {high}" if high < 10**9 else f"n_fit >= {low}"
+        row: dict[str, Any] = {"n_fit": label, "units": int(inside.sum())}
+        for method in methods:
+            row[method] = geometric_mean(wide.loc[inside, method]) if method in wide else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def candidate_summary(tuning: pd.DataFrame, method: str = "rfm-defaults-study") -> pd.DataFrame:
+    """Compare the configurations of one method on the **validation** parts (tuning.csv rows).
+
+    Per task and configuration: the mean validation score (accuracy; minus the MSE of the
+    standardised target for regression) over datasets (seeds averaged), the mean rank of the
+    configuration among all configurations (ranked per (dataset, seed), then averaged per
+    dataset, then over datasets), and the geometric-mean fit seconds.
+    """
+    import pandas as pd
+
+    rows = tuning[(tuning["method"] == method) & (tuning["status"] == "ok")]
+    frames = []
+    for task in ("classification", "regression"):
+        part = rows[rows["task"] == task]
+        if part.empty:
+            continue
+        wide = part.pivot_table(index=["dataset", "seed"], columns="config_index",
+                                values="val_score").dropna()
+        ranks = wide.apply(lambda r: pd.Series(rank_scores(r.to_numpy(), True), index=r.index),
+                           axis=1).groupby(level="dataset").mean()
+        frame = pd.DataFrame({
+            "task": task,
+            "config": part.groupby("config_index")["config"].first(),
+            "mean_val_score": wide.groupby(level="dataset").mean().mean(),
+            "mean_val_rank": ranks.mean(),
+            "gmean_fit_s": part.groupby("config_index")["fit_seconds"].apply(geometric_mean),
+        })
+        frames.append(frame.reset_index())
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def coverage(results: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """Per dataset: seeds run per method and whether the dataset entered the ranking."""
+    table = results[results["method"].isin(methods)]
+    ok = table[table["status"] == "ok"]
+    counts = ok.pivot_table(index="dataset", columns="method", values="seed", aggfunc="nunique")
+    return counts.reindex(columns=list(methods)).fillna(0).astype(int)
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
+    columns = list(frame.columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in frame.iterrows():
+        cells = []
+        for c in columns:
+            v = row[c]
+            if isinstance(v, float | np.floating):
+                cells.append("nan" if not np.isfinite(v) else f"{v:.{digits}f}")
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def goal_check(results: pd.DataFrame, methods: Sequence[str], rfm: str = "rfm") -> list[str]:
+    """The issue's goals, checked on the results, one Markdown bullet per goal.
+
+    Goals: ``rfm`` has the best mean rank on each task; and it is at least 3x faster than xrfm
+    (geometric mean of t_xrfm / t_rfm) at equal or better accuracy (mean accuracy, or mean R^2
+    for regression, over the common datasets no worse than xrfm's).
+    """
+    lines = []
+    for task in ("classification", "regression"):
+        present = [m for m in methods if ((results["task"] == task)
+                                          & (results["method"] == m)).any()]
+        if rfm not in present:
+            continue
+        table = method_summary(results, task, present).set_index("method")
+        best = table["mean_rank"].idxmin()
+        reached = best == rfm
+        lines.append(
+            f"- {task}, best mean rank: {'reached' if reached else 'NOT reached'} "
+            f"({rfm} {table.loc[rfm, 'mean_rank']:.2f}; best {best} "
+            f"{table.loc[best, 'mean_rank']:.2f})"
+        )
+        if "xrfm" in present:
+            cmp = pairwise(results, task, rfm, "xrfm")
+            # accuracy, or R^2 for regression (scale-free across datasets); higher is better
+            metric = "accuracy" if task == "classification" else "r2"
+            ours, theirs = cmp[f"mean_{metric}_{rfm}"], cmp[f"mean_{metric}_xrfm"]
+            as_good = ours >= theirs
+            fast = cmp["gmean_time_ratio"] >= 3.0
+            lines.append(
+                f"- {task}, >= 3x faster than xrfm at equal or better accuracy: "
+                f"{'reached' if fast and as_good else 'NOT reached'} (time ratio xrfm/{rfm} "
+                f"{cmp['gmean_time_ratio']:.2f}x; mean {metric} {ours:.4f} vs {theirs:.4f})"
+            )
+    return lines
+
+
+def summary_markdown(
+    results: pd.DataFrame,
+    methods: Sequence[str],
+    *,
+    machine: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+) -> str:
+    """The summary as Markdown: per-task tables, RFM vs xrfm, coverage, machine and date."""
+    parts = ["# Tabular benchmark summary", ""]
+    if machine:
+        parts += [
+            f"- machine: {machine.get('cpu')} ({machine.get('cores')} cores); "
+            f"`{machine.get('uname')}`",
+            f"- date: {machine.get('date_utc')}",
+            "",
+        ]
+    parts += list(notes) + ([""] if notes else [])
+    goals = goal_check(results, methods)
+    if goals:
+        parts += ["## Goals", "", *goals, ""]
+    for task in ("classification", "regression"):
+        present = [m for m in methods if ((results["task"] == task)
+                                          & (results["method"] == m)).any()]
+        if not present:
+            continue
+        table = method_summary(results, task, present)
+        n = int(complete_table(results, task, present)["dataset"].nunique())
+        parts += [f"## {task.capitalize()} ({n} datasets where all {len(present)} methods ran)",
+                  "", markdown_table(table), ""]
+        for first in ("rfm", "rfm-default", "rfm-recommended"):
+            if first in present and "xrfm" in present:
+                cmp = pairwise(results, task, first, "xrfm")
+                parts.append(f"- {first} vs xrfm: " + ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in cmp.items()))
+        parts.append("")
+    kernel_methods = [m for m in ("rfm", "rfm-default", "rfm-recommended", "xrfm")
+                      if m in set(results["method"])]
+    if kernel_methods:
+        parts += ["## Time per fit by training size (geometric-mean seconds, both tasks)", "",
+                  markdown_table(time_by_size(results, kernel_methods)), ""]
+    return "\n".join(parts)

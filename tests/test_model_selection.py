@@ -1,0 +1,109 @@
+"""Tests of the built-in tuned RFM mode (nfm.model_selection)."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nfm.rfm")
+
+from sklearn.base import clone
+from sklearn.model_selection import train_test_split
+
+from nfm.exceptions import NFMInputError
+from nfm.model_selection import (
+    RFMSearchClassifier,
+    RFMSearchRegressor,
+    default_search_space,
+)
+from nfm.rfm import RFMClassifier, RFMRegressor
+
+SPACE = [
+    {"bandwidth": 10.0, "reg": 1e-3},
+    {"bandwidth": 2.0, "reg": 1e-1, "diag": True},
+]
+COMMON = {"n_iter": 1}
+
+
+def _classification(n: int = 90):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, 5))
+    y = np.where(X[:, 0] + 0.5 * X[:, 1] > 0, "yes", "no")
+    return X, y
+
+
+def _regression(n: int = 90):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(n, 4))
+    return X, np.sin(X[:, 0]) + 0.1 * rng.normal(size=n)
+
+
+def test_default_search_space_is_fresh_and_valid():
+    space = default_search_space("classification")
+    assert len(space) >= 4 and space[0]["kernel"] == "laplace"
+    space[0]["bandwidth"] = -1
+    assert default_search_space("classification")[0]["bandwidth"] == 10.0
+    with pytest.raises(NFMInputError, match="task"):
+        default_search_space("ranking")
+
+
+def test_classifier_picks_best_validation_candidate_by_hand():
+    X, y = _classification()
+    search = RFMSearchClassifier(SPACE, estimator_params=COMMON, random_state=0).fit(X, y)
+    # the same split and candidates, by hand
+    fit_rows, val_rows = train_test_split(
+        np.arange(len(y)), test_size=0.2, random_state=0, stratify=y
+    )
+    fit_rows, val_rows = np.sort(fit_rows), np.sort(val_rows)
+    scores = [
+        RFMClassifier(**COMMON, **c, random_state=0)
+        .fit(X[fit_rows], y[fit_rows])
+        .score(X[val_rows], y[val_rows])
+        for c in SPACE
+    ]
+    np.testing.assert_allclose([r["validation_score"] for r in search.cv_results_], scores)
+    assert search.best_index_ == int(np.argmax(scores))
+    assert search.best_params_ == SPACE[search.best_index_]
+    # refit on all rows with the chosen parameters
+    ref = RFMClassifier(**COMMON, **search.best_params_, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(search.predict(X), ref.predict(X))
+    assert list(search.classes_) == ["no", "yes"]
+    proba = search.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    assert search.n_features_in_ == 5
+
+
+def test_regressor_search_and_no_refit():
+    X, y = _regression()
+    search = RFMSearchRegressor(SPACE, estimator_params=COMMON, refit=False,
+                                random_state=3).fit(X, y)
+    assert isinstance(search.best_estimator_, RFMRegressor)
+    # without refit the kept model was fitted on the internal training part only (72 rows)
+    assert search.best_estimator_.X_fit_.shape[0] == 72
+    assert search.predict(X).shape == (90,)
+    assert search.score(X, y) > 0.5
+    assert search.transform(X).shape == (90, 4)
+    assert search.feature_importances_.shape == (4,)
+
+
+def test_clone_pickle_and_determinism():
+    X, y = _classification()
+    search = RFMSearchClassifier(SPACE, estimator_params=COMMON, random_state=0)
+    assert clone(search).get_params()["search_space"] == SPACE
+    fitted = search.fit(X, y)
+    again = clone(search).fit(X, y)
+    np.testing.assert_array_equal(fitted.predict(X), again.predict(X))
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(restored.predict(X), fitted.predict(X))
+
+
+def test_bad_input():
+    X, y = _classification()
+    with pytest.raises(NFMInputError, match="search_space"):
+        RFMSearchClassifier([]).fit(X, y)
+    with pytest.raises(NFMInputError, match="validation_fraction"):
+        RFMSearchClassifier(SPACE, validation_fraction=1.5).fit(X, y)
+    with pytest.raises(Exception, match="not fitted"):
+        RFMSearchRegressor().predict(X)
