@@ -1,0 +1,298 @@
+"""One self-contained HTML report of a network's feature matrices, plus JSON and PNG files.
+
+:func:`write_report` writes into an output folder
+
+* ``report.html`` -- a single file with no external resource: figures embedded as base64 PNG,
+  inline CSS, the summary metrics, the per-layer NFA table, the training history summary (when
+  there is one), the settings, the nfm version and the date;
+* ``metrics.json`` -- the same numbers, machine-readable;
+* one ``<name>.png`` per figure;
+* ``tracking_history.json`` -- the full tracker history, when one is given.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import math
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from nfm.exceptions import NFMInputError
+
+__all__ = ["ReportFiles", "figure_to_png", "write_report"]
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1100px; color: #222; line-height: 1.45; padding: 0 1em; }
+h1 { font-size: 1.7em; margin-bottom: 0.1em; }
+h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.8em; }
+.subtitle { color: #666; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; display: block;
+        overflow-x: auto; max-width: 100%; }
+th, td { border: 1px solid #ddd; padding: 0.3em 0.7em; text-align: right; }
+th { background: #f4f6f8; }
+td.text, th.text { text-align: left; }
+tr.construction td { color: #888; font-style: italic; }
+figure { margin: 1.2em 0; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.92em; margin-top: 0.3em; }
+.note { background: #f7f7f2; border-left: 4px solid #c9c27a; padding: 0.5em 0.9em; }
+footer { color: #888; font-size: 0.85em; margin-top: 3em; }
+"""
+
+
+@dataclass
+class ReportFiles:
+    """Paths written by :func:`write_report`."""
+
+    directory: Path
+    html: Path
+    metrics_json: Path
+    figures: dict[str, Path] = field(default_factory=dict)
+    history: Path | None = None
+
+
+def figure_to_png(fig: Figure, dpi: int = 100, *, palette: bool = True) -> bytes:
+    """Render a matplotlib figure to PNG bytes.
+
+    With ``palette`` the image is reduced to a 256-colour palette (Pillow's median cut, opaque
+    white background), which keeps heat maps visually unchanged and makes the files about 3x
+    smaller.
+    """
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
+    if not palette:
+        return buffer.getvalue()
+    from PIL import Image  # a dependency of matplotlib
+
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        reduced = image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+    compact = io.BytesIO()
+    reduced.save(compact, format="PNG", optimize=True)
+    return compact.getvalue()
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.3e}"
+        return f"{value:.4f}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_format_value(v) for v in value)
+    return str(value)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            return _json_value(value.item())
+        except (TypeError, ValueError):
+            return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    if not rows:
+        return "<p>(none)</p>"
+    if columns is None:
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+    head = "".join(
+        f'<th class="{"text" if c in ("layer", "setting", "metric") else ""}">'
+        f"{html.escape(str(c))}</th>"
+        for c in columns
+    )
+    body = []
+    for row in rows:
+        klass = ' class="construction"' if row.get("by_construction") is True else ""
+        cells = []
+        for c in columns:
+            value = row.get(c, "")
+            klass_cell = "text" if isinstance(value, str) else ""
+            text = html.escape(_format_value(value))
+            cells.append(f'<td class="{klass_cell}">{text}</td>')
+        body.append(f"<tr{klass}>{''.join(cells)}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _key_value_table(mapping: Mapping[str, Any], key_name: str) -> str:
+    rows = [{key_name: str(k), "value": v} for k, v in mapping.items()]
+    return _table(rows, [key_name, "value"])
+
+
+def write_report(
+    output_dir: str | Path,
+    *,
+    figures: Mapping[str, Figure],
+    nfa_rows: Sequence[Mapping[str, Any]],
+    metrics: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    title: str = "nfm report",
+    subtitle: str | None = None,
+    captions: Mapping[str, str] | None = None,
+    history: Any = None,
+    notes: Sequence[str] = (),
+    dpi: int = 100,
+) -> ReportFiles:
+    """Write ``report.html``, ``metrics.json`` and the figures' PNGs into ``output_dir``.
+
+    Parameters
+    ----------
+    output_dir : str or Path
+        Created if missing; existing files of the same names are overwritten.
+    figures : mapping name -> Figure
+        In display order; each becomes ``<name>.png`` and an embedded image. Names must be
+        simple file stems (letters, digits, ``-``, ``_``).
+    nfa_rows : sequence of dict
+        The per-layer NFA table (e.g. :attr:`nfm.nfa.NFAReport.rows`); rows with
+        ``by_construction`` True are greyed and flagged.
+    metrics : mapping
+        Headline numbers (accuracy, runtime, ...), shown first and saved to JSON.
+    settings : mapping
+        How the result was produced (dataset, architecture, epochs, seed, command, ...).
+    title, subtitle : str
+    captions : mapping name -> str, optional
+        A caption under each figure.
+    history : NFATracker or TrackingHistory, optional
+        Saved as ``tracking_history.json``; its last step is tabulated in the report.
+    notes : sequence of str
+        Short paragraphs shown under the summary (e.g. what "by construction" means).
+    dpi : int
+        Resolution of the PNGs.
+
+    Returns
+    -------
+    ReportFiles
+    """
+    from nfm import __version__
+
+    directory = Path(output_dir)
+    if directory.exists() and not directory.is_dir():
+        raise NFMInputError(f"output_dir {str(directory)!r} exists and is not a folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in figures:
+        if not name or not all(ch.isalnum() or ch in "-_" for ch in name):
+            raise NFMInputError(
+                f"figure names must be file stems of letters, digits, '-' and '_'; got {name!r}"
+            )
+    captions = dict(captions or {})
+    created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+    created_text = created.isoformat().replace("+00:00", "Z")
+
+    figure_paths: dict[str, Path] = {}
+    figure_html = []
+    for name, fig in figures.items():
+        png = figure_to_png(fig, dpi=dpi)
+        path = directory / f"{name}.png"
+        path.write_bytes(png)
+        figure_paths[name] = path
+        encoded = base64.b64encode(png).decode("ascii")
+        caption = captions.get(name, "")
+        figure_html.append(
+            f'<figure id="fig-{html.escape(name)}"><img alt="{html.escape(name)}" '
+            f'src="data:image/png;base64,{encoded}">'
+            f"<figcaption><b>{html.escape(name)}.png</b>"
+            f"{' &mdash; ' + html.escape(caption) if caption else ''}</figcaption></figure>"
+        )
+
+    history_path = None
+    history_section = ""
+    if history is not None:
+        from nfm.tracking import as_history
+
+        hist = as_history(history)
+        history_path = hist.save(directory / "tracking_history.json")
+        history_section = (
+            "<h2>Training history</h2>"
+            f"<p>{len(hist.steps)} records over steps {hist.steps[0]}&ndash;{hist.steps[-1]} "
+            f"({len(hist.layers)} layers); full table in <code>tracking_history.json</code>. "
+            "Last record:</p>" + _table(hist.last())
+            if hist.rows
+            else ""
+        )
+
+    environment = {
+        "nfm_version": __version__,
+        "created_utc": created_text,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        import torch
+
+        environment["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+    payload = {
+        "title": title,
+        "metrics": _json_value(dict(metrics)),
+        "nfa": _json_value([dict(r) for r in nfa_rows]),
+        "settings": _json_value(dict(settings)),
+        "environment": environment,
+        "figures": {name: path.name for name, path in figure_paths.items()},
+        "history_file": history_path.name if history_path else None,
+    }
+    metrics_path = directory / "metrics.json"
+    metrics_path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+
+    notes_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+    body = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title><style>{_CSS}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p class="subtitle">{html.escape(subtitle or "")}</p>
+<h2>Summary</h2>
+{_key_value_table(metrics, "metric")}
+{notes_html}
+<h2>Neural Feature Ansatz per layer</h2>
+<p>Correlation between each layer's neural feature matrix NFM = W<sup>T</sup>W and a power
+AGOP<sup>&alpha;</sup> of its average gradient outer product; <i>pearson</i> is the Pearson
+correlation of the vectorised matrices, <i>cosine</i> their uncentred cosine similarity,
+<i>offdiag</i> columns leave the diagonal out. Layers marked <i>by construction</i> satisfy
+NFM = AGOP exactly whatever the training did, so their value is no evidence for the ansatz.</p>
+{_table(nfa_rows)}
+{history_section}
+<h2>Figures</h2>
+{"".join(figure_html)}
+<h2>Settings</h2>
+{_key_value_table(settings, "setting")}
+<footer>Made by nfm {html.escape(__version__)} on {html.escape(created_text)}
+(Python {html.escape(environment["python"])}, torch {html.escape(environment.get("torch", "?"))},
+{html.escape(environment["platform"])}).</footer>
+</body></html>
+"""
+    html_path = directory / "report.html"
+    html_path.write_text(body, encoding="utf-8")
+    return ReportFiles(
+        directory=directory,
+        html=html_path,
+        metrics_json=metrics_path,
+        figures=figure_paths,
+        history=history_path,
+    )

@@ -1,0 +1,314 @@
+r"""A small multilayer perceptron and a plain training loop that reports to a tracker.
+
+:func:`make_mlp` builds ``in_dim -> hidden_sizes -> n_classes`` with reproducible initialisation
+from a seed (a private :class:`torch.Generator`; no global seed is set). :func:`train_classifier`
+runs minibatch Adam or SGD on cross-entropy or squared loss, shuffling with its own generator, and
+calls ``tracker.record(step, loss=..., train_accuracy=..., test_accuracy=...)`` every
+``track_every`` optimisation steps (and at step 0 and at the end).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from nfm._arrays import to_tensor
+from nfm.exceptions import NFMInputError
+
+__all__ = [
+    "ACTIVATIONS",
+    "TrainResult",
+    "accuracy",
+    "make_mlp",
+    "train_classifier",
+]
+
+logger = logging.getLogger(__name__)
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "sigmoid": nn.Sigmoid,
+    "silu": nn.SiLU,
+}
+
+
+class _Recorder(Protocol):
+    def record(self, step: int, **metrics: Any) -> Any: ...
+
+
+def make_mlp(
+    in_dim: int,
+    hidden_sizes: Sequence[int],
+    n_classes: int,
+    activation: str = "relu",
+    *,
+    bias: bool = True,
+    seed: int | None = 0,
+) -> nn.Sequential:
+    r"""Build a fully connected network ``in_dim -> hidden_sizes... -> n_classes``.
+
+    Layers are named ``fc1, act1, fc2, act2, ..., out`` so that reports read naturally. Weights
+    and biases are drawn as in PyTorch's default ``nn.Linear`` initialisation,
+    :math:`W_{ij}, b_i \sim U(-1/\sqrt{d_{in}}, 1/\sqrt{d_{in}})`, but from a private
+    ``torch.Generator`` seeded with ``seed`` (``None``: PyTorch's global generator); the
+    global generator is not touched when a seed is given.
+
+    Parameters
+    ----------
+    in_dim : int
+        Number of input features.
+    hidden_sizes : sequence of int
+        Width of each hidden layer (may be empty: a linear model).
+    n_classes : int
+        Number of outputs.
+    activation : {"relu", "tanh", "gelu", "sigmoid", "silu"}
+    bias : bool
+        Whether the linear layers have a bias.
+    seed : int or None
+
+    Returns
+    -------
+    torch.nn.Sequential
+    """
+    if activation not in ACTIVATIONS:
+        raise NFMInputError(f"activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
+    sizes = [int(in_dim), *(int(h) for h in hidden_sizes), int(n_classes)]
+    if any(s < 1 for s in sizes):
+        raise NFMInputError(
+            f"in_dim, hidden_sizes and n_classes must be positive; got {in_dim}, "
+            f"{list(hidden_sizes)}, {n_classes}"
+        )
+    generator = None
+    if seed is not None:
+        generator = torch.Generator().manual_seed(int(seed))
+    modules: OrderedDict[str, nn.Module] = OrderedDict()
+    n_hidden = len(sizes) - 2
+    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        # skip_init: no draw from the global generator (the weights are drawn below)
+        linear = nn.utils.skip_init(nn.Linear, fan_in, fan_out, bias=bias)
+        bound = 1.0 / math.sqrt(fan_in)
+        with torch.no_grad():
+            linear.weight.uniform_(-bound, bound, generator=generator)
+            if linear.bias is not None:
+                linear.bias.uniform_(-bound, bound, generator=generator)
+        if index < n_hidden:
+            modules[f"fc{index + 1}"] = linear
+            modules[f"act{index + 1}"] = ACTIVATIONS[activation]()
+        else:
+            modules["out"] = linear
+    return nn.Sequential(modules)
+
+
+def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> float:
+    """Fraction of rows whose arg-max output equals the label (model in eval mode, restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        correct = 0
+        with torch.no_grad():
+            for start in range(0, X.shape[0], batch_size):
+                logits = model(X[start : start + batch_size])
+                correct += int((logits.argmax(dim=1) == y[start : start + batch_size]).sum())
+    finally:
+        model.train(was_training)
+    return correct / max(int(X.shape[0]), 1)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_classifier` returns.
+
+    Attributes
+    ----------
+    steps : int
+        Number of optimisation steps taken.
+    epochs : int
+    final_loss : float
+        Mean training loss over the last epoch.
+    train_accuracy, test_accuracy : float
+        Accuracy at the end (``nan`` for the test set when none was given).
+    loss_curve : list of float
+        Mean training loss of each epoch.
+    seconds : float
+        Wall-clock time of the loop, tracking included.
+    """
+
+    steps: int
+    epochs: int
+    final_loss: float
+    train_accuracy: float
+    test_accuracy: float
+    loss_curve: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _loss_value(
+    loss: str, logits: torch.Tensor, targets: torch.Tensor, n_classes: int
+) -> torch.Tensor:
+    if loss == "cross_entropy":
+        return nn.functional.cross_entropy(logits, targets)
+    one_hot = nn.functional.one_hot(targets, n_classes).to(logits.dtype)
+    return ((logits - one_hot) ** 2).sum(dim=1).mean()
+
+
+def train_classifier(
+    model: nn.Module,
+    X_train: Any,
+    y_train: Any,
+    *,
+    X_test: Any = None,
+    y_test: Any = None,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    optimizer: Literal["adam", "sgd"] = "adam",
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy",
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    seed: int = 0,
+    tracker: _Recorder | None = None,
+    track_every: int = 50,
+    verbose: bool = False,
+) -> TrainResult:
+    r"""Train a classifier with minibatch Adam or SGD, reporting to a tracker.
+
+    Each epoch shuffles the training rows with a ``torch.Generator`` seeded by ``seed`` and
+    takes ``ceil(n / batch_size)`` steps on
+
+    * ``"cross_entropy"``: :math:`-\frac1B\sum_i \log \mathrm{softmax}(f(x_i))_{y_i}`, or
+    * ``"mse"``: :math:`\frac1B\sum_i \lVert f(x_i) - e_{y_i}\rVert^2` (one-hot targets).
+
+    When ``tracker`` is given, ``tracker.record(step, loss=..., train_accuracy=...,
+    test_accuracy=...)`` is called at step 0 (before training), every ``track_every`` steps and
+    after the last step; ``loss`` is the mean training loss since the previous record (the
+    initial record uses the loss of the untrained model on the training set). The model is
+    trained in place and left in train mode.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps ``(B, d)`` inputs to ``(B, n_classes)`` scores.
+    X_train, y_train : arrays
+        Inputs ``(n, d)`` and integer labels ``(n,)``.
+    X_test, y_test : arrays, optional
+        Held-out data for ``test_accuracy``.
+    epochs, batch_size, lr, weight_decay, momentum : training settings
+        (``momentum`` is used by SGD only.)
+    optimizer : {"adam", "sgd"}
+    loss : {"cross_entropy", "mse"}
+    seed : int
+        Seeds the shuffling generator.
+    tracker : object with ``record(step, **metrics)``, optional
+        Usually an :class:`nfm.tracking.NFATracker`.
+    track_every : int
+        Steps between tracker records.
+    verbose : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    TrainResult
+    """
+    if optimizer not in ("adam", "sgd"):
+        raise NFMInputError(f"optimizer must be 'adam' or 'sgd'; got {optimizer!r}")
+    if loss not in ("cross_entropy", "mse"):
+        raise NFMInputError(f"loss must be 'cross_entropy' or 'mse'; got {loss!r}")
+    if epochs < 1 or batch_size < 1 or track_every < 1:
+        raise NFMInputError(
+            f"epochs, batch_size and track_every must be >= 1; got {epochs}, {batch_size}, "
+            f"{track_every}"
+        )
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    X = to_tensor(X_train, "X_train", dtype=torch.float32, device=device)
+    y = to_tensor(y_train, "y_train", dtype=torch.int64, device=device)
+    if X.shape[0] != y.shape[0]:
+        raise NFMInputError(
+            f"X_train and y_train must have the same number of rows; got {tuple(X.shape)} "
+            f"and {tuple(y.shape)}"
+        )
+    has_test = X_test is not None and y_test is not None
+    if has_test:
+        Xt = to_tensor(X_test, "X_test", dtype=torch.float32, device=device)
+        yt = to_tensor(y_test, "y_test", dtype=torch.int64, device=device)
+    n = int(X.shape[0])
+    with torch.no_grad():
+        n_classes = int(model(X[:1]).shape[1])
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(int(seed))
+    steps_per_epoch = math.ceil(n / batch_size)
+    total_steps = epochs * steps_per_epoch
+
+    def evaluate(mean_loss: float) -> dict[str, float]:
+        metrics = {"loss": mean_loss, "train_accuracy": accuracy(model, X, y)}
+        metrics["test_accuracy"] = accuracy(model, Xt, yt) if has_test else float("nan")
+        return metrics
+
+    start_time = time.perf_counter()
+    model.train()
+    if tracker is not None:
+        with torch.no_grad():
+            was_training = model.training
+            model.eval()
+            initial_loss = float(_loss_value(loss, model(X), y, n_classes))
+            model.train(was_training)
+        tracker.record(0, **evaluate(initial_loss))
+    step = 0
+    loss_curve: list[float] = []
+    running_sum, running_count = 0.0, 0
+    last_recorded = 0
+    bar = tqdm(total=total_steps, desc="training", unit="step", disable=not verbose, leave=False)
+    try:
+        for _epoch in range(epochs):
+            order = torch.randperm(n, generator=generator).to(device)
+            epoch_sum = 0.0
+            for start in range(0, n, batch_size):
+                batch = order[start : start + batch_size]
+                opt.zero_grad(set_to_none=True)
+                batch_loss = _loss_value(loss, model(X[batch]), y[batch], n_classes)
+                batch_loss.backward()
+                opt.step()
+                step += 1
+                value = float(batch_loss.detach())
+                epoch_sum += value * batch.numel()
+                running_sum += value
+                running_count += 1
+                bar.update(1)
+                if tracker is not None and step % track_every == 0:
+                    tracker.record(step, **evaluate(running_sum / running_count))
+                    running_sum, running_count = 0.0, 0
+                    last_recorded = step
+            loss_curve.append(epoch_sum / n)
+            bar.set_postfix(loss=f"{loss_curve[-1]:.4f}")
+        final = evaluate(running_sum / running_count if running_count else loss_curve[-1])
+        if tracker is not None and last_recorded != step:
+            tracker.record(step, **final)
+    finally:
+        bar.close()
+    model.train()
+    seconds = time.perf_counter() - start_time
+    logger.debug("trained %d steps in %.1f s", step, seconds)
+    return TrainResult(
+        steps=step,
+        epochs=epochs,
+        final_loss=float(loss_curve[-1]),
+        train_accuracy=float(final["train_accuracy"]),
+        test_accuracy=float(final["test_accuracy"]),
+        loss_curve=loss_curve,
+        seconds=seconds,
+    )
