@@ -37,8 +37,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 DEFAULT_COMMAND = "train"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser with one sub-parser per command."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Build the argument parser.
+
+    Every command gets a sub-parser (so ``nfm --help`` lists them all), but only ``command``'s
+    module is imported and asked for its options: start-up stays fast and a problem in one
+    command's module cannot break the others.
+    """
     parser = argparse.ArgumentParser(
         prog="nfm",
         description="Neural feature matrices, AGOP and Recursive Feature Machines. "
@@ -49,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(_module=module_name)
-        module = importlib.import_module(module_name)
-        module.configure_parser(sub)
+        if name == command:
+            importlib.import_module(module_name).configure_parser(sub)
     return parser
 
 
@@ -64,8 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest = argv[position:]
     if not rest or (rest[0] not in COMMANDS and rest[0] not in ("-h", "--help")):
         argv.insert(position, DEFAULT_COMMAND)
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    command = argv[position] if argv[position] in COMMANDS else None
+    args = build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(message)s",
