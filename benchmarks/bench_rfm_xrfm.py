@@ -100,7 +100,8 @@ def worker(spec: dict) -> dict:
 
         model = RFMClassifier(
             kernel="laplace", bandwidth=spec["bandwidth"], reg=spec["reg"],
-            n_iter=spec["iters"], dtype="float32", device=device, random_state=spec["seed"],
+            n_iter=spec["iters"], metric_power=1.0, metric_normalization="max",  # xrfm's metric
+            dtype="float32", device=device, random_state=spec["seed"],
         )
         fit = lambda: model.fit(X, y)  # noqa: E731
     else:
