@@ -33,6 +33,7 @@ import numpy as np
 
 from nfm.exceptions import NFMInputError
 from nfm.grokking.data import ModularArithmeticDataset, feature_order
+from nfm.grokking.history import HistoryQueries
 from nfm.grokking.measures import agop_alignment, feature_block, structure_deviation
 from nfm.rfm import RFMRegressor
 
@@ -96,7 +97,7 @@ def _block_row(M: np.ndarray, data: ModularArithmeticDataset) -> dict[str, Any]:
 
 
 @dataclass
-class KernelGrokkingResult:
+class KernelGrokkingResult(HistoryQueries):
     """Outcome of :func:`run_kernel_grokking`.
 
     Attributes
@@ -126,23 +127,15 @@ class KernelGrokkingResult:
     seconds: float
     cpu_seconds: float = float("nan")
 
-    def column(self, name: str) -> np.ndarray:
-        """One history column as an array."""
-        return np.array([row[name] for row in self.history])
-
     def first_iteration_above(self, threshold: float, column: str = "test_accuracy") -> int | None:
         """First iteration whose ``column`` is at least ``threshold`` (``None`` if never)."""
-        for row in self.history:
-            if row[column] >= threshold:
-                return int(row["iteration"])
-        return None
+        row = self.first_row_above(threshold, column)
+        return None if row is None else int(row["iteration"])
 
     def seconds_to(self, threshold: float, column: str = "test_accuracy") -> float | None:
         """Wall time until ``column`` first reached ``threshold`` (``None`` if never)."""
-        for row in self.history:
-            if row[column] >= threshold:
-                return float(row["seconds"])
-        return None
+        row = self.first_row_above(threshold, column)
+        return None if row is None else float(row["seconds"])
 
     @property
     def final_test_accuracy(self) -> float:

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from nfm.agop import compute_nfm
 from nfm.exceptions import NFMInputError
 from nfm.grokking.data import ModularArithmeticDataset
+from nfm.grokking.history import HistoryQueries
 from nfm.grokking.measures import feature_block, structure_deviation
 from nfm.tracking import NFATracker
 
@@ -87,7 +88,7 @@ def grokking_network(
 
 
 @dataclass
-class NeuralGrokkingResult:
+class NeuralGrokkingResult(HistoryQueries):
     """Outcome of :func:`run_neural_grokking`.
 
     Attributes
@@ -118,23 +119,10 @@ class NeuralGrokkingResult:
     wall_seconds: float
     cpu_seconds: float
 
-    def column(self, name: str) -> np.ndarray:
-        """One history column as an array."""
-        return np.array([row[name] for row in self.history])
-
     def first_epoch_above(self, threshold: float, column: str = "test_accuracy") -> float | None:
         """First recorded epoch whose ``column`` is at least ``threshold`` (``None`` if never)."""
-        for row in self.history:
-            if row[column] >= threshold:
-                return float(row["epoch"])
-        return None
-
-    def first_row_above(self, threshold: float, column: str = "test_accuracy") -> dict | None:
-        """The first history row whose ``column`` is at least ``threshold``."""
-        for row in self.history:
-            if row[column] >= threshold:
-                return row
-        return None
+        row = self.first_row_above(threshold, column)
+        return None if row is None else float(row["epoch"])
 
     @property
     def final_test_accuracy(self) -> float:

@@ -24,7 +24,6 @@ import argparse
 import logging
 import math
 import shlex
-import sys
 import time
 import warnings
 import zipfile
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from nfm.exceptions import NFMInputError
+from nfm.jobs import run_with_threads
 
 __all__ = ["configure_parser", "load_data_file", "load_model_file", "run"]
 
@@ -359,18 +359,7 @@ def _predict(model: nn.Module, X: torch.Tensor, batch_size: int = 2048) -> torch
 
 def run(args: argparse.Namespace) -> int:
     """Run the job; returns the exit code (2 on bad input)."""
-    threads = torch.get_num_threads()
-    try:
-        if args.threads < 0:
-            raise NFMInputError(f"--threads must be >= 0; got {args.threads}")
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        return _run(args)
-    except NFMInputError as exc:
-        print(f"nfm analyze: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        torch.set_num_threads(threads)
+    return run_with_threads("analyze", args, _run)
 
 
 def _run(args: argparse.Namespace) -> int:

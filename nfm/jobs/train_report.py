@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from nfm.exceptions import NFMInputError
+from nfm.jobs import run_with_threads
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not when the CLI starts
     from matplotlib.figure import Figure
@@ -236,18 +236,7 @@ def format_nfa_summary(rows: Sequence[Mapping[str, Any]], column: str = HEADLINE
 
 def run(args: argparse.Namespace) -> int:
     """Run the job; returns the exit code (2 on bad input)."""
-    threads = torch.get_num_threads()
-    try:
-        if args.threads < 0:
-            raise NFMInputError(f"--threads must be >= 0; got {args.threads}")
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        return _run(args)
-    except (NFMInputError, ImportError) as exc:
-        print(f"nfm train: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        torch.set_num_threads(threads)
+    return run_with_threads("train", args, _run, errors=(NFMInputError, ImportError))
 
 
 def _run(args: argparse.Namespace) -> int:
