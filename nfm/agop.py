@@ -316,7 +316,6 @@ class _PartialSums:
         if self.gram is None:
             self.gram = torch.zeros(d, d, dtype=grads.dtype, device=grads.device)
             self.sum_j = torch.zeros(n_outputs, d, dtype=grads.dtype, device=grads.device)
-        assert self.sum_j is not None
         _add_upper_gram(self.gram, _as_rows(grads))
         self.sum_j[first_output : first_output + k_block].add_(grads.sum(dim=(1, 2)))
 
@@ -336,7 +335,6 @@ class _PartialSums:
         """Add these sums to ``accumulator`` under ``key`` (in float64)."""
         if self.gram is None or self.pending == 0:
             return
-        assert self.sum_j is not None
         counts = torch.tensor([float(self.n_samples), float(self.n_rows)], dtype=torch.float64)
         accumulator._add(key, counts, _symmetric_from_upper(self.gram), self.sum_j)
 
@@ -898,7 +896,6 @@ class _AGOPRun:
     ) -> Iterator[tuple[int, list[torch.Tensor]]]:
         """Yield (first output row, per input the Jacobians ``(k_block, b, p, d)`` of P f)."""
         projection = self.projection
-        assert projection is not None
         k, c = projection.shape
         per_sample = sum(t.numel() for t in inputs) // b
         block = self.output_chunk_size

@@ -35,6 +35,7 @@ pairs are recognised and masked in the Laplace gradient.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
@@ -67,7 +68,7 @@ def _rounding_threshold(dtype: torch.dtype) -> float:
     return 64.0 * torch.finfo(dtype).eps
 
 
-class Kernel:
+class Kernel(ABC):
     """Base class of the kernels: bandwidth handling and the block-wise AGOP driver.
 
     Parameters
@@ -94,6 +95,7 @@ class Kernel:
         return hash((type(self).__name__, *sorted(self.__dict__.items())))
 
     # -- to be provided by subclasses ------------------------------------------------------
+    @abstractmethod
     def gram(
         self,
         X: torch.Tensor,
@@ -104,16 +106,16 @@ class Kernel:
         block_size: int | None = None,
     ) -> torch.Tensor:
         """Kernel matrix :math:`K_{ij} = k_M(x_i, z_j)`, shape ``(len(X), len(Z))``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _gradient_block(
         self, Xb: torch.Tensor, state: dict, coef: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of a block before the final linear map: ``(D, T)`` with grad = D @ T."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _prepare(self, Z: torch.Tensor, M: torch.Tensor, coef: torch.Tensor) -> dict:
-        raise NotImplementedError
+        """Quantities shared by every gradient block (computed once per AGOP)."""
 
     # -- shared drivers ----------------------------------------------------------------------
     def gradient(
@@ -209,13 +211,13 @@ class _RadialKernel(Kernel):
     two matrix products per block, then one product with ``M``.
     """
 
+    @abstractmethod
     def _profile_(self, sqdist: torch.Tensor) -> torch.Tensor:
         """Turn squared distances into kernel values, in place."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _weight(self, sqdist: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """The gradient weight :math:`w(s) = -2 \\phi'(s)` (a new tensor)."""
-        raise NotImplementedError
 
     @staticmethod
     def _sqdist_block(

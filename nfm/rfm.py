@@ -38,6 +38,7 @@ import logging
 import math
 import numbers
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -143,7 +144,7 @@ def _stratified_sample(
     return np.sort(np.concatenate(chosen))[:size] if chosen else np.arange(0)
 
 
-class _BaseRFM(BaseEstimator):
+class _BaseRFM(BaseEstimator, ABC):
     """Shared fitting machinery; see :class:`RFMRegressor` for the parameters."""
 
     _is_classifier = False
@@ -325,8 +326,9 @@ class _BaseRFM(BaseEstimator):
         return Xt, y_arr
 
     # ------------------------------------------------------------------ core fit
+    @abstractmethod
     def _encode_targets(self, y: np.ndarray, settings) -> tuple[torch.Tensor, np.ndarray | None]:
-        raise NotImplementedError
+        """Targets as the ``(n, c)`` regression matrix ``Y`` (and the classes, if any)."""
 
     def fit(self, X: Any, y: Any) -> _BaseRFM:
         """Fit the RFM.
@@ -623,8 +625,9 @@ class _BaseRFM(BaseEstimator):
         self.feature_importances_ = importances.detach().cpu().numpy()
 
     # ------------------------------------------------------------------ scores
+    @abstractmethod
     def _scores(self, Y: torch.Tensor, pred: torch.Tensor) -> dict[str, float]:
-        raise NotImplementedError
+        """Selection scores of predictions ``pred`` of ``Y``: ``{"score": ..., "mse": ...}``."""
 
     @staticmethod
     def _selection_key(scores: dict[str, float]) -> tuple[float, float]:
