@@ -219,6 +219,11 @@ class _RadialKernel(Kernel):
     def _weight(self, sqdist: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """The gradient weight :math:`w(s) = -2 \\phi'(s)` (a new tensor)."""
 
+    def _weight_from_sqdist(self, sqdist: torch.Tensor) -> torch.Tensor:
+        """:math:`w(s)` from squared distances; ``sqdist`` may be overwritten."""
+        values = self._profile_(sqdist.clone())
+        return self._weight(sqdist, values)
+
     @staticmethod
     def _sqdist_block(
         Xb: torch.Tensor, MZ: torch.Tensor, z_norms: torch.Tensor, M: torch.Tensor,
@@ -273,7 +278,8 @@ class _RadialKernel(Kernel):
         chunk = max(1, min(c, DEFAULT_BLOCK_ELEMENTS // max(1, n * d)))
         prebuilt = None
         if chunk >= c:
-            prebuilt = (coef[:, :, None] * Z[:, None, :]).reshape(n, c * d)
+            # the last c columns are A itself: one product gives the weighted sums and W A
+            prebuilt = torch.cat([(coef[:, :, None] * Z[:, None, :]).reshape(n, c * d), coef], 1)
         return {
             "Z": Z, "M": M, "MZ": MZ, "z_norms": (MZ * Z).sum(dim=1),
             "chunk": chunk, "prebuilt": prebuilt,
@@ -286,13 +292,14 @@ class _RadialKernel(Kernel):
         n, c = coef.shape
         d = Z.shape[1]
         s = self._sqdist_block(Xb, state["MZ"], state["z_norms"], M)
-        values = self._profile_(s.clone())
-        W = self._weight(s, values)
-        del s, values
-        row_sums = (coef.T @ W.T).T  # W @ coef, (b, c); this form is faster for few columns
+        W = self._weight_from_sqdist(s)
+        del s
         if state["prebuilt"] is not None:
-            weighted = (W @ state["prebuilt"]).reshape(-1, c, d)
+            both = W @ state["prebuilt"]
+            weighted = both[:, : c * d].reshape(-1, c, d)
+            row_sums = both[:, c * d :]  # W @ coef, (b, c)
         else:
+            row_sums = (coef.T @ W.T).T  # W @ coef, (b, c); this form is faster for few columns
             weighted = torch.empty((Xb.shape[0], c, d), dtype=Xb.dtype, device=Xb.device)
             chunk = state["chunk"]
             for c0 in range(0, c, chunk):
@@ -345,9 +352,8 @@ class _RadialKernel(Kernel):
         for start in range(0, m, rows):
             Xb = X[start : start + rows]
             s = self._sqdist_block(Xb, MZ, z_norms, M)
-            values = self._profile_(s.clone())
-            W = self._weight(s, values)
-            del s, values
+            W = self._weight_from_sqdist(s)
+            del s
             R = W @ coef2
             WtW.addmm_(W.T, W)
             if centered:
@@ -386,6 +392,14 @@ class LaplaceKernel(_RadialKernel):
         dist = sqdist.sqrt_()
         zero = dist == 0
         W = values.div_(dist.clamp_(min=torch.finfo(dist.dtype).tiny).mul_(self.bandwidth))
+        return W.masked_fill_(zero, 0.0)
+
+    def _weight_from_sqdist(self, sqdist: torch.Tensor) -> torch.Tensor:
+        # w = exp(-r / L) / (L r), r = sqrt(s); one square root and no copy of the block
+        dist = sqdist.sqrt_()
+        zero = dist == 0
+        W = torch.mul(dist, -1.0 / self.bandwidth).exp_()
+        W.div_(dist.clamp_(min=torch.finfo(dist.dtype).tiny).mul_(self.bandwidth))
         return W.masked_fill_(zero, 0.0)
 
 
