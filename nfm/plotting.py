@@ -26,7 +26,7 @@ from torch import nn
 
 from nfm.exceptions import NFMInputError
 from nfm.linalg import matrix_correlation, symmetric_matrix_power
-from nfm.tracking import as_history, parse_nfa_column
+from nfm.tracking import TrackingHistory, as_history, parse_nfa_column
 
 __all__ = [
     "DIVERGING_CMAP",
@@ -449,6 +449,14 @@ def _nfa_label(column: str) -> str:
     return f"{kind}, alpha={alpha:g}" + (", off-diagonal" if exclude else "")
 
 
+def _nonempty_history(history: Any) -> TrackingHistory:
+    """``as_history(history)``, refusing an empty one."""
+    hist = as_history(history)
+    if not hist.rows:
+        raise NFMInputError("history is empty; record at least one step first")
+    return hist
+
+
 def plot_nfa_history(
     history: Any,
     *,
@@ -481,9 +489,7 @@ def plot_nfa_history(
     -------
     Figure
     """
-    hist = as_history(history)
-    if not hist.rows:
-        raise NFMInputError("history is empty; record at least one step first")
+    hist = _nonempty_history(history)
     available = hist.nfa_columns
     if columns is None:
         columns = available[:1]
@@ -575,9 +581,7 @@ def plot_feature_change(
     -------
     Figure
     """
-    hist = as_history(history)
-    if not hist.rows:
-        raise NFMInputError("history is empty; record at least one step first")
+    hist = _nonempty_history(history)
     fig = _new_figure(fig, (10.0, 3.8))
     left, right = fig.subplots(1, 2)
     for layer in hist.layers:

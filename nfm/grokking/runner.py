@@ -13,7 +13,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -161,7 +161,19 @@ def _snapshot_indices(n: int, count: int = 4) -> list[int]:
     return sorted({round(i * (n - 1) / (count - 1)) for i in range(count)})
 
 
-def _save_kernel_figures(result: KernelGrokkingResult, out: Path) -> list[Path]:
+def _save_grokking_figures(
+    result: KernelGrokkingResult | NeuralGrokkingResult,
+    out: Path,
+    *,
+    name: str,
+    progress_title: str,
+    x: str | None,
+    matrices: list,
+    matrices_suffix: str,
+    snapshot_label: Callable[[dict], str],
+    matrix_name: str,
+) -> list[Path]:
+    """Write the progress figure, feature matrices at a few snapshots, and the final spectrum."""
     from matplotlib import pyplot as plt
 
     from nfm.grokking.plots import (
@@ -170,69 +182,54 @@ def _save_kernel_figures(result: KernelGrokkingResult, out: Path) -> list[Path]:
         plot_grokking_progress,
     )
 
-    paths = []
-    name = f"kernel_{result.op}_p{result.p}"
-    fig = plot_grokking_progress(result, title=f"RFM, {result.op} mod {result.p}")
-    paths.append(out / f"{name}_progress.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    if result.metrics:
-        picks = _snapshot_indices(len(result.metrics))
+    def save(fig, suffix: str, dpi: int) -> None:
+        paths.append(out / f"{name}_{suffix}.png")
+        fig.savefig(paths[-1], dpi=dpi)
+        plt.close(fig)
+
+    paths: list[Path] = []
+    save(plot_grokking_progress(result, x=x, title=progress_title), "progress", 120)
+    if matrices:
+        picks = _snapshot_indices(len(matrices))
         fig = plot_feature_matrices_over_time(
-            [result.metrics[i] for i in picks],
+            [matrices[i] for i in picks],
             result.p,
             op=result.op,
-            labels=[f"iteration {result.history[i]['iteration']}" for i in picks],
+            labels=[snapshot_label(result.history[i]) for i in picks],
         )
-        paths.append(out / f"{name}_matrices.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-        block = feature_block(result.metrics[-1], result.p, op=result.op)
-        fig = plot_fourier_spectrum(
-            block, title=f"Fourier spectrum of the final M block, {result.op} mod {result.p}"
-        )
-        paths.append(out / f"{name}_spectrum.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        save(fig, matrices_suffix, 110)
+        block = feature_block(matrices[-1], result.p, op=result.op)
+        title = f"Fourier spectrum of the final {matrix_name} block, {result.op} mod {result.p}"
+        save(plot_fourier_spectrum(block, title=title), "spectrum", 110)
     return paths
+
+
+def _save_kernel_figures(result: KernelGrokkingResult, out: Path) -> list[Path]:
+    return _save_grokking_figures(
+        result,
+        out,
+        name=f"kernel_{result.op}_p{result.p}",
+        progress_title=f"RFM, {result.op} mod {result.p}",
+        x=None,
+        matrices=result.metrics,
+        matrices_suffix="matrices",
+        snapshot_label=lambda row: f"iteration {row['iteration']}",
+        matrix_name="M",
+    )
 
 
 def _save_neural_figures(result: NeuralGrokkingResult, out: Path) -> list[Path]:
-    from matplotlib import pyplot as plt
-
-    from nfm.grokking.plots import (
-        plot_feature_matrices_over_time,
-        plot_fourier_spectrum,
-        plot_grokking_progress,
+    return _save_grokking_figures(
+        result,
+        out,
+        name=f"neural_{result.op}_p{result.p}",
+        progress_title=f"2-layer network, {result.op} mod {result.p}",
+        x="epoch",
+        matrices=result.nfms,
+        matrices_suffix="nfm",
+        snapshot_label=lambda row: f"epoch {row['epoch']:.0f}",
+        matrix_name="W1^T W1",
     )
-
-    paths = []
-    name = f"neural_{result.op}_p{result.p}"
-    fig = plot_grokking_progress(
-        result, x="epoch", title=f"2-layer network, {result.op} mod {result.p}"
-    )
-    paths.append(out / f"{name}_progress.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    if result.nfms:
-        picks = _snapshot_indices(len(result.nfms))
-        fig = plot_feature_matrices_over_time(
-            [result.nfms[i] for i in picks],
-            result.p,
-            op=result.op,
-            labels=[f"epoch {result.history[i]['epoch']:.0f}" for i in picks],
-        )
-        paths.append(out / f"{name}_nfm.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-        block = feature_block(result.nfms[-1], result.p, op=result.op)
-        fig = plot_fourier_spectrum(
-            block, title=f"Fourier spectrum of the final W1^T W1 block, {result.op} mod {result.p}"
-        )
-        paths.append(out / f"{name}_spectrum.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
-    return paths
 
 
 def run_kernel_suite(
