@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from nfm.agop import compute_agop
+from nfm.features import compute_agop
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LARGE = (784, 1024, 1024, 10)

@@ -99,9 +99,15 @@ def worker(spec: dict) -> dict:
         from nfm.rfm import RFMClassifier
 
         model = RFMClassifier(
-            kernel="laplace", bandwidth=spec["bandwidth"], reg=spec["reg"],
-            n_iter=spec["iters"], metric_power=1.0, metric_normalization="max",  # xrfm's metric
-            dtype="float32", device=device, random_state=spec["seed"],
+            kernel="laplace",
+            bandwidth=spec["bandwidth"],
+            reg=spec["reg"],
+            n_iter=spec["iters"],
+            metric_power=1.0,
+            metric_normalization="max",  # xrfm's metric
+            dtype="float32",
+            device=device,
+            random_state=spec["seed"],
         )
         fit = lambda: model.fit(X, y)  # noqa: E731
     else:
@@ -113,12 +119,23 @@ def worker(spec: dict) -> dict:
         val, tr = perm[:n_val], perm[n_val:]
         model = xRFM(
             rfm_params={
-                "model": {"kernel": "laplace", "bandwidth": spec["bandwidth"], "exponent": 1.0,
-                          "diag": False, "bandwidth_mode": "constant"},
-                "fit": {"reg": spec["reg"], "iters": spec["iters"], "verbose": False,
-                        "early_stop_rfm": False, "return_best_params": True},
+                "model": {
+                    "kernel": "laplace",
+                    "bandwidth": spec["bandwidth"],
+                    "exponent": 1.0,
+                    "diag": False,
+                    "bandwidth_mode": "constant",
+                },
+                "fit": {
+                    "reg": spec["reg"],
+                    "iters": spec["iters"],
+                    "verbose": False,
+                    "early_stop_rfm": False,
+                    "return_best_params": True,
+                },
             },
-            device=device, tuning_metric="accuracy",
+            device=device,
+            tuning_metric="accuracy",
         )
         fit = lambda: model.fit(X[tr], y[tr], X[val], y[val])  # noqa: E731
     if device.startswith("cuda"):
@@ -219,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000, 16000])
     parser.add_argument("--d", type=int, default=20)
-    parser.add_argument("--datasets", nargs="+", default=["synthetic", "magic"],
-                        choices=["synthetic", "magic"])
+    parser.add_argument(
+        "--datasets", nargs="+", default=["synthetic", "magic"], choices=["synthetic", "magic"]
+    )
     parser.add_argument("--methods", nargs="+", default=["nfm", "xrfm"], choices=["nfm", "xrfm"])
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--bandwidth", type=float, default=10.0)
@@ -243,11 +261,20 @@ def main(argv: list[str] | None = None) -> int:
         sizes = args.sizes if dataset == "synthetic" else [None]
         for n in sizes:
             for method in args.methods:
-                jobs.append({
-                    "dataset": dataset, "n": n, "d": args.d, "method": method, "iters": args.iters,
-                    "bandwidth": args.bandwidth, "reg": args.reg, "device": args.device,
-                    "seed": args.seed, "threads": args.threads,
-                })
+                jobs.append(
+                    {
+                        "dataset": dataset,
+                        "n": n,
+                        "d": args.d,
+                        "method": method,
+                        "iters": args.iters,
+                        "bandwidth": args.bandwidth,
+                        "reg": args.reg,
+                        "device": args.device,
+                        "seed": args.seed,
+                        "threads": args.threads,
+                    }
+                )
     rows = []
     for spec in jobs:
         result = run_one(spec, args.timeout)
@@ -258,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     # pair the methods and compute ratios
     table = []
     for dataset in args.datasets:
-        for n in (args.sizes if dataset == "synthetic" else [None]):
+        for n in args.sizes if dataset == "synthetic" else [None]:
             by = {r["method"]: r for r in rows if r["dataset"] == dataset and r["n"] == n}
             ours, peer = by.get("nfm"), by.get("xrfm")
             if ours is None or "error" in ours:
@@ -269,14 +296,18 @@ def main(argv: list[str] | None = None) -> int:
             floor = floor_seconds(ours, gflops)
             iters = ours["iter_seconds"]
             entry = {
-                "dataset": dataset, "n_train": ours["n_train"], "d": d_features,
-                "iters": args.iters, "device": args.device,
+                "dataset": dataset,
+                "n_train": ours["n_train"],
+                "d": d_features,
+                "iters": args.iters,
+                "device": args.device,
                 "nfm_seconds": round(ours["fit_seconds"], 2),
                 "nfm_accuracy": round(ours["accuracy"], 4),
                 "nfm_peak_mb": round(ours["peak_rss_mb"], 1),
                 "gram_mb": round(ours["gram_mb"], 1),
                 "nfm_peak_over_gram": round(ours["peak_rss_mb"] / ours["gram_mb"], 2),
-                "nfm_solver": ours["solver"], "nfm_selection": ours["selection"],
+                "nfm_solver": ours["solver"],
+                "nfm_selection": ours["selection"],
                 "nfm_best_iter": ours["best_iter"],
                 "nfm_seconds_per_iter": round(float(np.mean(iters)), 3),
                 "floor_seconds_per_iter": round(floor, 3),
@@ -285,13 +316,15 @@ def main(argv: list[str] | None = None) -> int:
             if "peak_cuda_mb" in ours:
                 entry["nfm_peak_cuda_mb"] = round(ours["peak_cuda_mb"], 1)
             if peer is not None and "error" not in peer:
-                entry.update({
-                    "xrfm_seconds": round(peer["fit_seconds"], 2),
-                    "xrfm_accuracy": round(peer["accuracy"], 4),
-                    "xrfm_peak_mb": round(peer["peak_rss_mb"], 1),
-                    "speedup_vs_xrfm": round(peer["fit_seconds"] / ours["fit_seconds"], 2),
-                    "accuracy_diff": round(ours["accuracy"] - peer["accuracy"], 4),
-                })
+                entry.update(
+                    {
+                        "xrfm_seconds": round(peer["fit_seconds"], 2),
+                        "xrfm_accuracy": round(peer["accuracy"], 4),
+                        "xrfm_peak_mb": round(peer["peak_rss_mb"], 1),
+                        "speedup_vs_xrfm": round(peer["fit_seconds"] / ours["fit_seconds"], 2),
+                        "accuracy_diff": round(ours["accuracy"] - peer["accuracy"], 4),
+                    }
+                )
                 if "peak_cuda_mb" in peer:
                     entry["xrfm_peak_cuda_mb"] = round(peer["peak_cuda_mb"], 1)
             elif peer is not None:
@@ -300,8 +333,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"rfm_vs_xrfm{args.tag}"
-    fields = sorted({k for row in table for k in row}, key=lambda k: list(table[0]).index(k)
-                    if k in table[0] else 99)
+    fields = sorted(
+        {k for row in table for k in row},
+        key=lambda k: list(table[0]).index(k) if k in table[0] else 99,
+    )
     with open(args.out / f"{stem}.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()

@@ -1,6 +1,6 @@
 """Tabular benchmark: nfm's RFM against xrfm, gradient boosting, forests, SVMs, kernel ridge, MLP.
 
-Thin wrapper around ``nfm tabular`` (:mod:`nfm.jobs.tabular`); every option is the same.
+Thin wrapper around ``nfm tabular`` (:mod:`nfm.cli.tabular`); every option is the same.
 
     python benchmarks/tabular.py --quick --output /tmp/tabular-quick
     python benchmarks/tabular.py --seeds 0 1 2 --budget 4 --max-train 2000 --jobs 16
@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-from nfm.jobs import tabular
+from nfm.cli import tabular
 
 
 def main(argv: list[str] | None = None) -> int:

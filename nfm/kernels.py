@@ -226,7 +226,10 @@ class _RadialKernel(Kernel):
 
     @staticmethod
     def _sqdist_block(
-        Xb: torch.Tensor, MZ: torch.Tensor, z_norms: torch.Tensor, M: torch.Tensor,
+        Xb: torch.Tensor,
+        MZ: torch.Tensor,
+        z_norms: torch.Tensor,
+        M: torch.Tensor,
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x_norms = ((Xb @ M) * Xb).sum(dim=1)
@@ -261,8 +264,14 @@ class _RadialKernel(Kernel):
         for start in range(0, X.shape[0], rows):
             block = out[start : start + rows]
             # ||x||_M^2 - 2 x^T M z in the product's epilogue, then + ||z||_M^2, clamp: 3 passes
-            torch.addmm(x_norms[start : start + rows, None], X[start : start + rows], MZ.T,
-                        beta=1.0, alpha=-2.0, out=block)
+            torch.addmm(
+                x_norms[start : start + rows, None],
+                X[start : start + rows],
+                MZ.T,
+                beta=1.0,
+                alpha=-2.0,
+                out=block,
+            )
             block.add_(z_norms[None, :]).clamp_(min=0.0)
             if same:  # exact zeros on the diagonal (rounding would leave ~eps * ||x||^2)
                 block.diagonal(offset=start).zero_()
@@ -281,8 +290,12 @@ class _RadialKernel(Kernel):
             # the last c columns are A itself: one product gives the weighted sums and W A
             prebuilt = torch.cat([(coef[:, :, None] * Z[:, None, :]).reshape(n, c * d), coef], 1)
         return {
-            "Z": Z, "M": M, "MZ": MZ, "z_norms": (MZ * Z).sum(dim=1),
-            "chunk": chunk, "prebuilt": prebuilt,
+            "Z": Z,
+            "M": M,
+            "MZ": MZ,
+            "z_norms": (MZ * Z).sum(dim=1),
+            "chunk": chunk,
+            "prebuilt": prebuilt,
         }
 
     def _gradient_block(

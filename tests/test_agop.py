@@ -1,4 +1,4 @@
-"""Tests of nfm.agop: the batched AGOP engine against a per-sample float64 loop, its
+"""Tests of nfm.features: the batched AGOP engine against a per-sample float64 loop, its
 invariants, the partial sums, model hygiene and the errors on bad input."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from reference_agop import reference_agop
 from torch import nn
 
-from nfm.agop import AGOPAccumulator, accumulate_agop, compute_agop, compute_nfm
 from nfm.exceptions import LayerSelectionError, NFMInputError
-from nfm.layers import INPUT_KEY
+from nfm.features import AGOPAccumulator, accumulate_agop, compute_agop, compute_nfm
+from nfm.models.selection import INPUT_KEY
 
 # ---------------------------------------------------------------------------------------------
 # Models

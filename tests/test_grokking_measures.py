@@ -264,7 +264,7 @@ def test_agop_alignment():
 
 
 def test_command_line_lists_the_same_operations():
+    from nfm.cli.grokking import OPERATIONS as command_line_operations
     from nfm.grokking import OPERATIONS
-    from nfm.jobs.grokking import OPERATIONS as command_line_operations
 
     assert command_line_operations == OPERATIONS

@@ -10,9 +10,10 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from nfm.agop import compute_agop, compute_nfm
+from nfm.ansatz import nfa_correlation
 from nfm.cli import main as nfm_main
 from nfm.exceptions import NFMInputError
+from nfm.features import compute_agop, compute_nfm
 from nfm.grokking import (
     QuadraticActivation,
     feature_block,
@@ -24,7 +25,6 @@ from nfm.grokking import (
     run_neural_grokking,
     structure_deviation,
 )
-from nfm.nfa import nfa_correlation
 
 P = 11
 

@@ -12,15 +12,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfm.exceptions import NFMInputError
-from nfm.image_datasets import (
+from nfm.cli import analyze
+from nfm.cli import train as train_report
+from nfm.datasets.images import (
     load_digits,
     load_image_dataset,
     load_mnist_5k,
     resolve_dataset_name,
     stratified_split,
 )
-from nfm.jobs import analyze, train_report
+from nfm.exceptions import NFMInputError
 from nfm.training import make_mlp, train_classifier
 
 
@@ -57,7 +58,7 @@ def test_dataset_names(monkeypatch):
     assert resolve_dataset_name("digits") == "digits"
     with pytest.raises(NFMInputError, match="dataset"):
         resolve_dataset_name("cifar")
-    monkeypatch.setattr("nfm.image_datasets.mnist_available", lambda: False)
+    monkeypatch.setattr("nfm.datasets.images.mnist_available", lambda: False)
     assert resolve_dataset_name("auto") == "digits"
     assert load_image_dataset("auto").image_shape == (8, 8)
 

@@ -1,4 +1,4 @@
-"""Tests of nfm.layers: selecting layers by name, object, type and predicate."""
+"""Tests of nfm.models.selection: selecting layers by name, object, type and predicate."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from torch import nn
 
 from nfm.exceptions import LayerSelectionError
-from nfm.layers import INPUT_KEY, layer_feature_count, select_layers
+from nfm.models.selection import INPUT_KEY, layer_feature_count, select_layers
 
 
 class Net(nn.Module):

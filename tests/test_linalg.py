@@ -118,9 +118,7 @@ def test_correlation_properties(seed, d, kind, exclude_diagonal, scale_a, scale_
         scale_a * a, scale_b * b, kind=kind, exclude_diagonal=exclude_diagonal
     )
     assert scaled == pytest.approx(value, abs=1e-9)
-    assert value == pytest.approx(
-        _reference_correlation(a, b, kind, exclude_diagonal), abs=1e-10
-    )
+    assert value == pytest.approx(_reference_correlation(a, b, kind, exclude_diagonal), abs=1e-10)
     assert matrix_correlation(a, a, kind=kind, exclude_diagonal=exclude_diagonal) == (
         pytest.approx(1.0)
     )

@@ -1,4 +1,4 @@
-"""Tests of the built-in tuned RFM mode (nfm.model_selection)."""
+"""Tests of the built-in tuned RFM mode (nfm.rfm.search)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 
 from nfm.exceptions import NFMInputError
-from nfm.model_selection import (
+from nfm.rfm import RFMClassifier, RFMRegressor
+from nfm.rfm.search import (
     RFMSearchClassifier,
     RFMSearchRegressor,
     default_search_space,
 )
-from nfm.rfm import RFMClassifier, RFMRegressor
 
 SPACE = [
     {"bandwidth": 10.0, "reg": 1e-3},
@@ -77,8 +77,9 @@ def test_classifier_picks_best_validation_candidate_by_hand():
 
 def test_regressor_search_and_no_refit():
     X, y = _regression()
-    search = RFMSearchRegressor(SPACE, estimator_params=COMMON, refit=False,
-                                random_state=3).fit(X, y)
+    search = RFMSearchRegressor(SPACE, estimator_params=COMMON, refit=False, random_state=3).fit(
+        X, y
+    )
     assert isinstance(search.best_estimator_, RFMRegressor)
     # without refit the kept model was fitted on the internal training part only (72 rows)
     assert search.best_estimator_.X_fit_.shape[0] == 72

@@ -1,4 +1,4 @@
-"""Tests of nfm.nfa: NFA correlation, the fitted power, output layers and the report."""
+"""Tests of nfm.ansatz: NFA correlation, the fitted power, output layers and the report."""
 
 from __future__ import annotations
 
@@ -9,10 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nfm.agop import compute_agop, compute_nfm
-from nfm.exceptions import NFMInputError
-from nfm.linalg import matrix_correlation, symmetric_matrix_power
-from nfm.nfa import (
+from nfm.ansatz import (
     NFAReport,
     correlation_column,
     fit_alpha,
@@ -20,6 +17,9 @@ from nfm.nfa import (
     nfa_report,
     output_layer_names,
 )
+from nfm.exceptions import NFMInputError
+from nfm.features import compute_agop, compute_nfm
+from nfm.linalg import matrix_correlation, symmetric_matrix_power
 
 
 def psd(d, seed, rank=None):

@@ -9,11 +9,11 @@ import torch
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
-from nfm import plotting
 from nfm.exceptions import NFMInputError
 from nfm.linalg import matrix_correlation, symmetric_matrix_power
 from nfm.tracking import NFATracker
 from nfm.training import make_mlp
+from nfm.viz import plotting
 
 
 @pytest.fixture(autouse=True)

@@ -12,9 +12,9 @@ from matplotlib import pyplot as plt
 
 import nfm
 from nfm.exceptions import NFMInputError
-from nfm.report import write_report
 from nfm.tracking import NFATracker, TrackingHistory
 from nfm.training import make_mlp
+from nfm.viz.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

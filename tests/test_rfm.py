@@ -20,7 +20,7 @@ from nfm import rfm as rfm_module
 from nfm.exceptions import NFMInputError, NumericalWarning
 from nfm.kernels import GaussianKernel
 from nfm.linalg import symmetric_matrix_power
-from nfm.rfm import DEFAULT_REG_GRID, _stratified_sample
+from nfm.rfm.estimators import DEFAULT_REG_GRID, _stratified_sample
 
 # The math tests below pin one reg, metric power 1 and float64, so that they check formulas to
 # tight tolerances whatever the library's defaults are (those were chosen on the tabular
@@ -104,7 +104,9 @@ def test_classifier_decision_values_are_kernel_ridge_on_one_hot_targets():
     K = reference_kernel(t, t, torch.eye(4, dtype=torch.float64), "laplace", 3.0).numpy()
     onehot = np.eye(3)[y]
     np.testing.assert_allclose(
-        model.decision_function(X), K @ reference_kernel_ridge(K, onehot, 0.1), rtol=1e-6,
+        model.decision_function(X),
+        K @ reference_kernel_ridge(K, onehot, 0.1),
+        rtol=1e-6,
         atol=1e-8,
     )
 
@@ -133,16 +135,24 @@ def test_reg_grid_selects_the_best_leave_one_out_reg():
 def test_grokking_convention_metric_is_the_square_root_of_the_centered_agop():
     X, y = _classification(n=60)
     model = RFMClassifier(
-        kernel="gaussian", bandwidth=2.5, reg=0.0, n_iter=1, metric_power=0.5,
-        metric_normalization="none", centered=True, agop_sample_size=None, selection="last",
+        kernel="gaussian",
+        bandwidth=2.5,
+        reg=0.0,
+        n_iter=1,
+        metric_power=0.5,
+        metric_normalization="none",
+        centered=True,
+        agop_sample_size=None,
+        selection="last",
     ).fit(X, y)
     t = torch.from_numpy(X)
     eye = torch.eye(4, dtype=torch.float64)
     K = reference_kernel(t, t, eye, "gaussian", 2.5).numpy()
     coef = torch.from_numpy(reference_kernel_ridge(K, np.eye(3)[y], 0.0))
     G = GaussianKernel(2.5).agop(t, t, eye, coef, centered=True)
-    np.testing.assert_allclose(model.M_, symmetric_matrix_power(G, 0.5).numpy(), rtol=1e-6,
-                               atol=1e-10)
+    np.testing.assert_allclose(
+        model.M_, symmetric_matrix_power(G, 0.5).numpy(), rtol=1e-6, atol=1e-10
+    )
 
 
 def test_science_convention_metric_is_the_agop_over_its_largest_entry():
@@ -286,8 +296,9 @@ def test_pipeline_gridsearch_clone_and_pickle():
     features = Pipeline([("rfm", RFMRegressor(n_iter=1)), ("ridge", Ridge())])
     Xr, yr = _regression(n=60)
     assert features.fit(Xr, yr).predict(Xr).shape == (60,)
-    search = GridSearchCV(RFMClassifier(n_iter=1), {"reg": [1e-3, 1e-1], "bandwidth": [2.0, 10.0]},
-                          cv=2).fit(X, y)
+    search = GridSearchCV(
+        RFMClassifier(n_iter=1), {"reg": [1e-3, 1e-1], "bandwidth": [2.0, 10.0]}, cv=2
+    ).fit(X, y)
     assert search.best_params_["reg"] in (1e-3, 1e-1)
     model = RFMClassifier(n_iter=1, reg=[1e-3, 1e-2], random_state=0).fit(X, y)
     twin = clone(model)
@@ -355,11 +366,22 @@ def test_one_sample_and_one_class_raise():
 def test_bad_hyperparameters_are_reported_at_fit_not_init():
     X, y = _regression(n=20)
     bad = [
-        {"n_iter": -1}, {"reg": -1.0}, {"reg": []}, {"bandwidth": 0}, {"bandwidth": "mean"},
-        {"kernel": "rbf"}, {"metric_normalization": "l2"}, {"selection": "cv"},
-        {"metric_power": 0}, {"validation_fraction": 1.5}, {"agop_sample_size": 0},
-        {"solver": "lu"}, {"dtype": "float16"}, {"callback": 3},
-        {"selection": "last", "reg": [0.1, 1.0]}, {"device": "tpu"},
+        {"n_iter": -1},
+        {"reg": -1.0},
+        {"reg": []},
+        {"bandwidth": 0},
+        {"bandwidth": "mean"},
+        {"kernel": "rbf"},
+        {"metric_normalization": "l2"},
+        {"selection": "cv"},
+        {"metric_power": 0},
+        {"validation_fraction": 1.5},
+        {"agop_sample_size": 0},
+        {"solver": "lu"},
+        {"dtype": "float16"},
+        {"callback": 3},
+        {"selection": "last", "reg": [0.1, 1.0]},
+        {"device": "tpu"},
     ]
     for params in bad:
         model = RFMRegressor(**params)  # storing never fails

@@ -221,8 +221,9 @@ class _Recorder:
 def test_every_method_gets_the_same_split(monkeypatch):
     _Recorder.seen = []
     for tag in ("one", "two"):
-        fake = mt.Method(tag, "numpy", lambda task: [{}, {}],
-                         lambda task, c, s, t, tag=tag: _Recorder(tag))
+        fake = mt.Method(
+            tag, "numpy", lambda task: [{}, {}], lambda task, c, s, t, tag=tag: _Recorder(tag)
+        )
         monkeypatch.setitem(mt.METHODS, tag, fake)
     monkeypatch.setattr(rn, "_load", lambda name, cache: _toy_dataset())
     config = rn.BenchmarkConfig(datasets=["toy"], methods=["one", "two"], seeds=[0], budget=2)
@@ -241,8 +242,9 @@ def test_failing_method_is_recorded_not_raised(monkeypatch):
     def broken(task, config, seed, threads):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(mt.METHODS, "broken", mt.Method("broken", "numpy",
-                                                        lambda task: [{}], broken))
+    monkeypatch.setitem(
+        mt.METHODS, "broken", mt.Method("broken", "numpy", lambda task: [{}], broken)
+    )
     monkeypatch.setattr(rn, "_load", lambda name, cache: _toy_dataset())
     config = rn.BenchmarkConfig(datasets=["toy"], methods=["broken"], seeds=[0])
     rows, tuning = rn.run_unit("toy", 0, ["broken"], config)
@@ -257,15 +259,40 @@ def _hand_table() -> pd.DataFrame:
     # two datasets x one seed x three methods; accuracy and time chosen by hand
     rows = []
     values = {
-        ("d1", "rfm"): (0.9, 1.0), ("d1", "xrfm"): (0.8, 4.0), ("d1", "svm"): (0.8, 2.0),
-        ("d2", "rfm"): (0.5, 2.0), ("d2", "xrfm"): (0.7, 8.0), ("d2", "svm"): (0.6, 0.5),
+        ("d1", "rfm"): (0.9, 1.0),
+        ("d1", "xrfm"): (0.8, 4.0),
+        ("d1", "svm"): (0.8, 2.0),
+        ("d2", "rfm"): (0.5, 2.0),
+        ("d2", "xrfm"): (0.7, 8.0),
+        ("d2", "svm"): (0.6, 0.5),
     }
     for (dataset, method), (acc, seconds) in values.items():
-        rows.append({"dataset": dataset, "task": "classification", "seed": 0, "method": method,
-                     "status": "ok", "accuracy": acc, "time_seconds": seconds, "peak_mib": 1.0,
-                     "r2": np.nan, "rmse": np.nan})
-    rows.append({"dataset": "d3", "task": "classification", "seed": 0, "method": "rfm",
-                 "status": "ok", "accuracy": 1.0, "time_seconds": 1.0, "peak_mib": 1.0})
+        rows.append(
+            {
+                "dataset": dataset,
+                "task": "classification",
+                "seed": 0,
+                "method": method,
+                "status": "ok",
+                "accuracy": acc,
+                "time_seconds": seconds,
+                "peak_mib": 1.0,
+                "r2": np.nan,
+                "rmse": np.nan,
+            }
+        )
+    rows.append(
+        {
+            "dataset": "d3",
+            "task": "classification",
+            "seed": 0,
+            "method": "rfm",
+            "status": "ok",
+            "accuracy": 1.0,
+            "time_seconds": 1.0,
+            "peak_mib": 1.0,
+        }
+    )
     return pd.DataFrame(rows)
 
 
@@ -308,12 +335,13 @@ def test_pairwise_and_goals_on_hand_made_table():
 def test_quick_mode_end_to_end(tmp_path):
     pytest.importorskip("nfm.rfm")
     pytest.importorskip("matplotlib")
-    from nfm.jobs import tabular as job
+    from nfm.cli import tabular as job
 
     parser = argparse.ArgumentParser()
     job.configure_parser(parser)
-    args = parser.parse_args(["--quick", "--output", str(tmp_path), "--methods", "rfm",
-                              "svm-rbf", "laplace-krr"])
+    args = parser.parse_args(
+        ["--quick", "--output", str(tmp_path), "--methods", "rfm", "svm-rbf", "laplace-krr"]
+    )
     assert job.run(args) == 0
     results = pd.read_csv(tmp_path / "results.csv")
     assert set(results["method"]) == {"rfm", "svm-rbf", "laplace-krr"}

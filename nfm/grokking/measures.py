@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from nfm._arrays import array_kind, to_tensor
+from nfm._utils.arrays import array_kind, to_tensor
 from nfm.exceptions import NFMInputError
 from nfm.grokking.data import feature_order
 from nfm.linalg import CorrelationKind, matrix_correlation

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from nfm.agop import compute_nfm
 from nfm.exceptions import NFMInputError
+from nfm.features import compute_nfm
 from nfm.grokking.data import ModularArithmeticDataset
 from nfm.grokking.history import HistoryQueries
 from nfm.grokking.measures import feature_block, structure_deviation

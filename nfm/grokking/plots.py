@@ -3,7 +3,7 @@ r"""Figures of grokking: accuracy with progress measures, feature-matrix heat ma
 Every function takes ``ax=None`` (one panel) or ``fig=None`` (several panels), draws into it or
 into a new figure, and returns the :class:`matplotlib.figure.Figure`; nothing calls ``show()``
 or changes the backend. Signed matrix entries use the diverging map ``"RdBu"`` on a symmetric
-scale (blue positive, red negative), as in :mod:`nfm.plotting`.
+scale (blue positive, red negative), as in :mod:`nfm.viz.plotting`.
 """
 
 from __future__ import annotations

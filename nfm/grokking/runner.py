@@ -1,6 +1,6 @@
 """Run grokking experiments and write their records, tables and figures to a folder.
 
-Shared by the ``nfm grokking`` command (:mod:`nfm.jobs.grokking`) and
+Shared by the ``nfm grokking`` command (:mod:`nfm.cli.grokking`) and
 ``benchmarks/grokking.py``. Nothing here prints; progress goes to :mod:`logging`.
 """
 

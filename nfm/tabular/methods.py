@@ -200,7 +200,7 @@ class Method:
 
 
 def _rfm_configs(task: Task) -> list[Config]:
-    from nfm.model_selection import default_search_space
+    from nfm.rfm.search import default_search_space
 
     return default_search_space(task)
 
@@ -268,8 +268,14 @@ def _rfm_study_configs(task: Task) -> list[Config]:
 def _xrfm_configs(task: Task) -> list[Config]:
     # xrfm's own defaults first (Laplace "l2" kernel, bandwidth 10, reg 1e-3, full metric),
     # then the diagonal metric, a larger reg and a larger bandwidth
-    base = {"kernel": "l2", "bandwidth": 10.0, "exponent": 1.0, "diag": False, "reg": 1e-3,
-            "iters": 5}
+    base = {
+        "kernel": "l2",
+        "bandwidth": 10.0,
+        "exponent": 1.0,
+        "diag": False,
+        "reg": 1e-3,
+        "iters": 5,
+    }
     return [
         base,
         {**base, "diag": True},
@@ -313,9 +319,7 @@ def _build_lgbm(task: Task, config: Config, seed: int, threads: int) -> Any:
     import lightgbm
 
     cls = lightgbm.LGBMClassifier if task == "classification" else lightgbm.LGBMRegressor
-    return _Adapter(
-        cls(n_estimators=300, n_jobs=threads, random_state=seed, verbose=-1, **config)
-    )
+    return _Adapter(cls(n_estimators=300, n_jobs=threads, random_state=seed, verbose=-1, **config))
 
 
 def _catboost_configs(task: Task) -> list[Config]:
@@ -429,15 +433,27 @@ METHODS: dict[str, Method] = {
     for m in [
         Method("rfm", "nfm", _rfm_configs, _build_rfm, True, "nfm RFM, built-in search space"),
         Method(
-            "rfm-default", "nfm", _rfm_default_configs, _build_rfm, False,
+            "rfm-default",
+            "nfm",
+            _rfm_default_configs,
+            _build_rfm,
+            False,
             "nfm RFM, the estimator's defaults",
         ),
         Method(
-            "rfm-recommended", "nfm", _rfm_recommended_configs, _build_rfm, False,
+            "rfm-recommended",
+            "nfm",
+            _rfm_recommended_configs,
+            _build_rfm,
+            False,
             "nfm RFM, recommended defaults (chosen on validation parts)",
         ),
         Method(
-            "rfm-defaults-study", "nfm", _rfm_study_configs, _build_rfm, True,
+            "rfm-defaults-study",
+            "nfm",
+            _rfm_study_configs,
+            _build_rfm,
+            True,
             "nfm RFM, candidate defaults (validation scores in tuning.csv)",
         ),
         Method("xrfm", "xrfm", _xrfm_configs, _build_xrfm, True, "xrfm 0.4.5, iters=5"),
@@ -472,9 +488,7 @@ def available_methods(names: Sequence[str] | None = None) -> list[Method]:
     names = list(DEFAULT_METHODS) if not names else list(names)
     unknown = [n for n in names if n not in METHODS]
     if unknown:
-        raise NFMInputError(
-            f"methods: unknown {unknown}; available: {', '.join(METHODS)}"
-        )
+        raise NFMInputError(f"methods: unknown {unknown}; available: {', '.join(METHODS)}")
     chosen = []
     for name in names:
         method = METHODS[name]

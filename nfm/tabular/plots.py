@@ -76,8 +76,13 @@ def plot_score_vs_time(
         for _, row in table.iterrows():
             color = _HIGHLIGHT.get(row["method"], "tab:gray")
             ax.scatter(row["gmean_time_s"], row[score], color=color, s=40)
-            ax.annotate(row["method"], (row["gmean_time_s"], row[score]), fontsize=8,
-                        xytext=(4, 2), textcoords="offset points")
+            ax.annotate(
+                row["method"],
+                (row["gmean_time_s"], row[score]),
+                fontsize=8,
+                xytext=(4, 2),
+                textcoords="offset points",
+            )
         ax.set_xscale("log")
         ax.set_xlabel("geometric-mean fit + predict time per fit (s)")
         ax.set_ylabel("mean test accuracy" if task == "classification" else "mean test R^2")

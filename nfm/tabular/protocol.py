@@ -296,7 +296,7 @@ def validation_score(task: Task, y_true: np.ndarray, y_pred: np.ndarray) -> floa
     """The tuning criterion, larger is better: accuracy, or minus the MSE for regression."""
     if task == "classification":
         return accuracy(y_true, y_pred)
-    return -rmse(y_true, y_pred) ** 2
+    return -(rmse(y_true, y_pred) ** 2)
 
 
 # ------------------------------------------------------------------------------- meter

@@ -178,16 +178,21 @@ def run_method(
             score = pr.validation_score(task, data.y_val, val_pred)
             if not math.isfinite(score):
                 raise FloatingPointError(f"validation score is {score}")
-            row.update(status="ok", val_score=score, fit_seconds=meter.seconds,
-                       peak_mib=meter.peak_mib)
+            row.update(
+                status="ok", val_score=score, fit_seconds=meter.seconds, peak_mib=meter.peak_mib
+            )
             if best is None or score > best[0]:
                 best = (score, index, model, meter)
         except Exception as error:  # a failing configuration must not stop the benchmark
             logger.warning("%s config %d failed: %s", method.name, index, error)
             logger.debug("%s", traceback.format_exc())
             errors.append(f"config {index}: {type(error).__name__}: {error}")
-            row.update(status="failed", val_score=float("nan"), fit_seconds=float("nan"),
-                       peak_mib=float("nan"))
+            row.update(
+                status="failed",
+                val_score=float("nan"),
+                fit_seconds=float("nan"),
+                peak_mib=float("nan"),
+            )
         tuning_rows.append(row)
     tune_seconds = time.perf_counter() - tune_start
     result: dict[str, Any] = {
@@ -264,8 +269,13 @@ def run_unit(
         tuning.extend({**{k: common[k] for k in ("dataset", "task", "seed")}, **r} for r in rows)
         logger.info(
             "%s seed %d: %s %s acc=%s rmse=%s time=%.2fs",
-            dataset_name, seed, method.name, row["status"], row.get("accuracy"),
-            row.get("rmse"), row.get("time_seconds", float("nan")),
+            dataset_name,
+            seed,
+            method.name,
+            row["status"],
+            row.get("accuracy"),
+            row.get("rmse"),
+            row.get("time_seconds", float("nan")),
         )
     return results, tuning
 

@@ -72,8 +72,9 @@ def method_summary(results: pd.DataFrame, task: str, methods: Sequence[str]) -> 
         return pd.DataFrame(columns=["method", "datasets", "mean_rank", "wins"])
     _metric, higher = _primary(task)
     scores = dataset_scores(table, task)[list(methods)]
-    ranks = scores.apply(lambda row: pd.Series(rank_scores(row.to_numpy(), higher),
-                                               index=row.index), axis=1)
+    ranks = scores.apply(
+        lambda row: pd.Series(rank_scores(row.to_numpy(), higher), index=row.index), axis=1
+    )
     best_rank = ranks.min(axis=1)
     rows = []
     for method in methods:
@@ -103,8 +104,9 @@ def pairwise(results: pd.DataFrame, task: str, first: str, second: str) -> dict[
     metric, higher = _primary(task)
     if table.empty:
         return {"datasets": 0, "pairs": 0}
-    wide = table.pivot_table(index=["dataset", "seed"], columns="method",
-                             values=["time_seconds", metric])
+    wide = table.pivot_table(
+        index=["dataset", "seed"], columns="method", values=["time_seconds", metric]
+    )
     ratio = wide["time_seconds"][second] / wide["time_seconds"][first]
     per_dataset = table.pivot_table(index="dataset", columns="method", values=metric)
     diff = per_dataset[first] - per_dataset[second]
@@ -113,8 +115,10 @@ def pairwise(results: pd.DataFrame, task: str, first: str, second: str) -> dict[
     extra = {}
     if task == "regression":
         r2_table = table.pivot_table(index="dataset", columns="method", values="r2")
-        extra = {f"mean_r2_{first}": float(r2_table[first].mean()),
-                 f"mean_r2_{second}": float(r2_table[second].mean())}
+        extra = {
+            f"mean_r2_{first}": float(r2_table[first].mean()),
+            f"mean_r2_{second}": float(r2_table[second].mean()),
+        }
     return {
         "datasets": len(per_dataset),
         "pairs": len(wide),
@@ -138,8 +142,9 @@ def time_by_size(
     import pandas as pd
 
     ok = results[(results["status"] == "ok") & results["method"].isin(methods)]
-    wide = ok.pivot_table(index=["dataset", "seed"], columns="method",
-                          values="time_seconds").dropna()
+    wide = ok.pivot_table(
+        index=["dataset", "seed"], columns="method", values="time_seconds"
+    ).dropna()
     n_fit = ok.groupby(["dataset", "seed"])["n_fit"].first().reindex(wide.index)
     rows = []
     for low, high in itertools.pairwise(edges):
@@ -168,17 +173,23 @@ def candidate_summary(tuning: pd.DataFrame, method: str = "rfm-defaults-study") 
         part = rows[rows["task"] == task]
         if part.empty:
             continue
-        wide = part.pivot_table(index=["dataset", "seed"], columns="config_index",
-                                values="val_score").dropna()
-        ranks = wide.apply(lambda r: pd.Series(rank_scores(r.to_numpy(), True), index=r.index),
-                           axis=1).groupby(level="dataset").mean()
-        frame = pd.DataFrame({
-            "task": task,
-            "config": part.groupby("config_index")["config"].first(),
-            "mean_val_score": wide.groupby(level="dataset").mean().mean(),
-            "mean_val_rank": ranks.mean(),
-            "gmean_fit_s": part.groupby("config_index")["fit_seconds"].apply(geometric_mean),
-        })
+        wide = part.pivot_table(
+            index=["dataset", "seed"], columns="config_index", values="val_score"
+        ).dropna()
+        ranks = (
+            wide.apply(lambda r: pd.Series(rank_scores(r.to_numpy(), True), index=r.index), axis=1)
+            .groupby(level="dataset")
+            .mean()
+        )
+        frame = pd.DataFrame(
+            {
+                "task": task,
+                "config": part.groupby("config_index")["config"].first(),
+                "mean_val_score": wide.groupby(level="dataset").mean().mean(),
+                "mean_val_rank": ranks.mean(),
+                "gmean_fit_s": part.groupby("config_index")["fit_seconds"].apply(geometric_mean),
+            }
+        )
         frames.append(frame.reset_index())
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -215,8 +226,9 @@ def goal_check(results: pd.DataFrame, methods: Sequence[str], rfm: str = "rfm") 
     """
     lines = []
     for task in ("classification", "regression"):
-        present = [m for m in methods if ((results["task"] == task)
-                                          & (results["method"] == m)).any()]
+        present = [
+            m for m in methods if ((results["task"] == task) & (results["method"] == m)).any()
+        ]
         if rfm not in present:
             continue
         table = method_summary(results, task, present).set_index("method")
@@ -263,24 +275,38 @@ def summary_markdown(
     if goals:
         parts += ["## Goals", "", *goals, ""]
     for task in ("classification", "regression"):
-        present = [m for m in methods if ((results["task"] == task)
-                                          & (results["method"] == m)).any()]
+        present = [
+            m for m in methods if ((results["task"] == task) & (results["method"] == m)).any()
+        ]
         if not present:
             continue
         table = method_summary(results, task, present)
         n = int(complete_table(results, task, present)["dataset"].nunique())
-        parts += [f"## {task.capitalize()} ({n} datasets where all {len(present)} methods ran)",
-                  "", markdown_table(table), ""]
+        parts += [
+            f"## {task.capitalize()} ({n} datasets where all {len(present)} methods ran)",
+            "",
+            markdown_table(table),
+            "",
+        ]
         for first in ("rfm", "rfm-default", "rfm-recommended"):
             if first in present and "xrfm" in present:
                 cmp = pairwise(results, task, first, "xrfm")
-                parts.append(f"- {first} vs xrfm: " + ", ".join(
-                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in cmp.items()))
+                parts.append(
+                    f"- {first} vs xrfm: "
+                    + ", ".join(
+                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in cmp.items()
+                    )
+                )
         parts.append("")
-    kernel_methods = [m for m in ("rfm", "rfm-default", "rfm-recommended", "xrfm")
-                      if m in set(results["method"])]
+    kernel_methods = [
+        m for m in ("rfm", "rfm-default", "rfm-recommended", "xrfm") if m in set(results["method"])
+    ]
     if kernel_methods:
-        parts += ["## Time per fit by training size (geometric-mean seconds, both tasks)", "",
-                  markdown_table(time_by_size(results, kernel_methods)), ""]
+        parts += [
+            "## Time per fit by training size (geometric-mean seconds, both tasks)",
+            "",
+            markdown_table(time_by_size(results, kernel_methods)),
+            "",
+        ]
     return "\n".join(parts)

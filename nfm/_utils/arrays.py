@@ -59,8 +59,7 @@ def to_tensor(
             np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
         ):
             raise NFMInputError(
-                f"{name} must hold numbers; got an array of dtype {arr.dtype} "
-                f"and shape {arr.shape}"
+                f"{name} must hold numbers; got an array of dtype {arr.dtype} and shape {arr.shape}"
             )
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if dtype is not None or device is not None:

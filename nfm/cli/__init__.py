@@ -2,7 +2,7 @@
 
 ``nfm`` with no arguments runs the main job (``nfm train``): it trains an MLP on an embedded
 dataset, tracks the Neural Feature Ansatz through training and writes an HTML report. Each
-sub-command lives in its own module under :mod:`nfm.jobs`, which provides
+sub-command lives in its own module under :mod:`nfm.cli`, which provides
 ``configure_parser(parser)`` and ``run(args) -> int``; modules are imported only when their
 command is used.
 """
@@ -18,19 +18,19 @@ from collections.abc import Sequence
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": (
-        "nfm.jobs.train_report",
+        "nfm.cli.train",
         "train an MLP on an embedded dataset, track the NFA, write an HTML report (default)",
     ),
     "analyze": (
-        "nfm.jobs.analyze",
+        "nfm.cli.analyze",
         "analyse a saved model on your own data file and write the same report",
     ),
     "tabular": (
-        "nfm.jobs.tabular",
+        "nfm.cli.tabular",
         "run the tabular benchmark: RFM against tabular learners and xrfm",
     ),
     "grokking": (
-        "nfm.jobs.grokking",
+        "nfm.cli.grokking",
         "grokking of modular arithmetic by an RFM and by a neural network",
     ),
 }

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from nfm.cli._threads import run_with_threads
 from nfm.exceptions import NFMInputError
-from nfm.jobs import run_with_threads
 
 __all__ = ["configure_parser", "load_data_file", "load_model_file", "run"]
 
@@ -364,9 +364,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from nfm import __version__
-    from nfm.jobs.train_report import format_nfa_summary, standard_figures
-    from nfm.nfa import nfa_report
-    from nfm.report import write_report
+    from nfm.ansatz import nfa_report
+    from nfm.cli.train import format_nfa_summary, standard_figures
+    from nfm.viz.report import write_report
 
     started = time.perf_counter()
     for label, value in (("max-samples", args.max_samples), ("dpi", args.dpi)):

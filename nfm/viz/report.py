@@ -167,7 +167,7 @@ def write_report(
         In display order; each becomes ``<name>.png`` and an embedded image. Names must be
         simple file stems (letters, digits, ``-``, ``_``).
     nfa_rows : sequence of dict
-        The per-layer NFA table (e.g. :attr:`nfm.nfa.NFAReport.rows`); rows with
+        The per-layer NFA table (e.g. :attr:`nfm.ansatz.NFAReport.rows`); rows with
         ``by_construction`` True are greyed and flagged.
     metrics : mapping
         Headline numbers (accuracy, runtime, ...), shown first and saved to JSON.

@@ -23,7 +23,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``nfm tabular`` options to ``parser``."""
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="results folder")
     parser.add_argument(
-        "--datasets", nargs="*", default=None,
+        "--datasets",
+        nargs="*",
+        default=None,
         help="names (keel/magic, reg/concrete, magic), prefixes (keel/*, reg/*) or 'all'",
     )
     parser.add_argument("--methods", nargs="*", default=None, help="method names (default: all)")
@@ -33,16 +35,29 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-test", type=int, default=5000, help="cap on test rows")
     parser.add_argument("--threads", type=int, default=1, help="threads per fit (every method)")
     parser.add_argument("--jobs", type=int, default=1, help="(dataset, seed) units in parallel")
-    parser.add_argument("--time-limit", type=float, default=None,
-                        help="seconds after which no new unit is started (running ones finish)")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="seconds after which no new unit is started (running ones finish)",
+    )
     parser.add_argument("--no-summary", action="store_true", help="skip summary and figures")
     parser.add_argument("--cache-dir", default=None, help="dataset cache folder (csv.gz + json)")
-    parser.add_argument("--export-cache", action="store_true",
-                        help="only write the selected datasets to --cache-dir and exit")
-    parser.add_argument("--quick", action="store_true",
-                        help="3 small datasets, rfm + 3 sklearn methods, 1 seed, budget 2")
-    parser.add_argument("--summarize-only", action="store_true",
-                        help="only rebuild summary.md and figures from results.csv")
+    parser.add_argument(
+        "--export-cache",
+        action="store_true",
+        help="only write the selected datasets to --cache-dir and exit",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 small datasets, rfm + 3 sklearn methods, 1 seed, budget 2",
+    )
+    parser.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="only rebuild summary.md and figures from results.csv",
+    )
     parser.add_argument("--list", action="store_true", help="list datasets and methods, exit")
 
 
@@ -90,8 +105,11 @@ def write_summary(output: Path) -> Path:
         study = candidate_summary(pd.read_csv(tuning_path))
         if not study.empty:
             study.to_csv(output / "study_summary.csv", index=False)
-            text += ("\n## Defaults study: candidates on the validation parts\n\n"
-                     + markdown_table(study) + "\n")
+            text += (
+                "\n## Defaults study: candidates on the validation parts\n\n"
+                + markdown_table(study)
+                + "\n"
+            )
     (output / "summary.md").write_text(text)
     plot_ranks(results, order).savefig(output / "ranks.png", dpi=120)
     plot_score_vs_time(results, order).savefig(output / "score_vs_time.png", dpi=120)
@@ -141,8 +159,13 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         time_limit=args.time_limit,
     )
-    logger.info("running %d datasets x %d seeds x %d methods into %s",
-                len(names), len(seeds), len(config.methods), output)
+    logger.info(
+        "running %d datasets x %d seeds x %d methods into %s",
+        len(names),
+        len(seeds),
+        len(config.methods),
+        output,
+    )
     run_benchmark(config, output)
     if not args.no_summary:
         print(write_summary(output).read_text())

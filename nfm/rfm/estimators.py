@@ -49,7 +49,7 @@ from sklearn.utils import TransformerTags
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from nfm._arrays import array_kind, check_finite, restore_kind
+from nfm._utils.arrays import array_kind, check_finite, restore_kind
 from nfm.exceptions import NFMInputError, NumericalWarning
 from nfm.kernels import make_kernel
 from nfm.linalg import symmetric_matrix_power
@@ -279,8 +279,10 @@ class _BaseRFM(BaseEstimator, ABC):
                     f"{self.n_features_in_} features as input."
                 )
             if X.shape[0] == 0:
-                raise NFMInputError(f"Found array with 0 sample(s) (shape={tuple(X.shape)}) "
-                                    f"while a minimum of 1 is required by {name}.")
+                raise NFMInputError(
+                    f"Found array with 0 sample(s) (shape={tuple(X.shape)}) "
+                    f"while a minimum of 1 is required by {name}."
+                )
             check_finite(Xt, "X")
             return Xt
         try:
@@ -317,7 +319,11 @@ class _BaseRFM(BaseEstimator, ABC):
                 y = y.detach().cpu().numpy()
             try:
                 X_arr, y_arr = validate_data(
-                    self, X, y, dtype=(np.float64, np.float32), multi_output=True,
+                    self,
+                    X,
+                    y,
+                    dtype=(np.float64, np.float32),
+                    multi_output=True,
                     y_numeric=not self._is_classifier,
                 )
             except ValueError as exc:
@@ -369,7 +375,8 @@ class _BaseRFM(BaseEstimator, ABC):
             logger.info(
                 "%s: leave-one-out needs the Cholesky factorisation; the iterative solver is "
                 "used (n=%d), so the iteration is selected on an internal holdout split",
-                type(self).__name__, n,
+                type(self).__name__,
+                n,
             )
             selection = "holdout"
         self.selection_ = selection
@@ -522,8 +529,14 @@ class _BaseRFM(BaseEstimator, ABC):
                     self.kernel_.gram(X_tr, X_tr, M, out=K, block_size=self.block_size)
                     gram_built = True
                 coef, jitter, inv_diag, passes = self._solve(
-                    K, Y_tr, reg, initial=previous_coef, want_loo=want_loo, gen=gen,
-                    rebuild=self._gram_filler(X_tr, M), tol=cg_tol,
+                    K,
+                    Y_tr,
+                    reg,
+                    initial=previous_coef,
+                    want_loo=want_loo,
+                    gen=gen,
+                    rebuild=self._gram_filler(X_tr, M),
+                    tol=cg_tol,
                 )
                 train_pred = Y_tr - (reg + jitter) * coef
                 entry = {"reg": reg, "coef": coef, "jitter": jitter, "cg_passes": passes}
@@ -553,13 +566,15 @@ class _BaseRFM(BaseEstimator, ABC):
             if "heldout" in chosen:
                 row[f"{kind}_mse"] = chosen["heldout"]["mse"]
                 row[f"{kind}_score"] = chosen["heldout"]["score"]
-                row["scores_by_reg"] = {
-                    e["reg"]: e["heldout"]["score"] for e in candidates
-                }
+                row["scores_by_reg"] = {e["reg"]: e["heldout"]["score"] for e in candidates}
             previous_coef = chosen["coef"]
             state = {
-                "iteration": iteration, "M": M, "reg": chosen["reg"], "coef": chosen["coef"],
-                "jitter": chosen["jitter"], "heldout_pred": chosen.get("heldout_pred"),
+                "iteration": iteration,
+                "M": M,
+                "reg": chosen["reg"],
+                "coef": chosen["coef"],
+                "jitter": chosen["jitter"],
+                "heldout_pred": chosen.get("heldout_pred"),
                 "heldout_Y": Y_tr if want_loo else Y_val,
                 "train_pred": Y_tr - (chosen["reg"] + chosen["jitter"]) * chosen["coef"],
             }
@@ -581,15 +596,22 @@ class _BaseRFM(BaseEstimator, ABC):
             if self.callback is not None:
                 stop = bool(self.callback(self, iteration))
             if self.verbose:
-                logger.info("%s iteration %d: %s", name, iteration, {
-                    k: v for k, v in row.items() if k != "scores_by_reg"
-                })
+                logger.info(
+                    "%s iteration %d: %s",
+                    name,
+                    iteration,
+                    {k: v for k, v in row.items() if k != "scores_by_reg"},
+                )
             if stop or iteration == self.n_iter:
                 break
             agop_start = time.perf_counter()
             G = self.kernel_.agop(
-                X_tr[torch.as_tensor(agop_idx, device=X_tr.device)], X_tr, M, chosen["coef"],
-                centered=self.centered, block_size=self.block_size,
+                X_tr[torch.as_tensor(agop_idx, device=X_tr.device)],
+                X_tr,
+                M,
+                chosen["coef"],
+                centered=self.centered,
+                block_size=self.block_size,
             )
             new_M = self._metric_from_agop(G)
             self.history_[-1]["agop_seconds"] = time.perf_counter() - agop_start
@@ -823,9 +845,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         if y.ndim != 1:
-            raise NFMInputError(
-                f"{name} expects a 1-D array of labels; got y of shape {y.shape}"
-            )
+            raise NFMInputError(f"{name} expects a 1-D array of labels; got y of shape {y.shape}")
         try:
             check_classification_targets(y)
         except ValueError as exc:

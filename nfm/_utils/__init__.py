@@ -1,0 +1,1 @@
+"""Private helpers shared across nfm: array conversion, validation, machine facts, JSON."""

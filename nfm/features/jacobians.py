@@ -1,0 +1,367 @@
+r"""The gradient engine: Jacobians of the model output with respect to every selected layer input.
+
+For a chunk of :math:`b` samples, one forward pass (through :func:`torch.func.functional_call` on
+detached parameters, with :class:`~nfm.models.hooks.LayerInputPerturbation` exposing the layer
+inputs) and :math:`k` vector-Jacobian products batched over the rows of the output projection
+:math:`P` (``torch.autograd.grad(..., is_grads_batched=True)``, which vmaps the backward pass) give
+:math:`P J_l(x_i)` for every sample and every selected layer at once. This is exact when the
+samples of a batch do not interact (eval mode); the first chunk checks it. Each block of
+Jacobians goes straight into :class:`~nfm.features.accumulator.PartialSums`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from nfm.exceptions import LayerSelectionError, NFMInputError
+from nfm.features.accumulator import AGOPAccumulator, PartialSums
+from nfm.features.outputs import OutputSpec, output_projection
+from nfm.models.hooks import LayerInputPerturbation
+from nfm.models.selection import INPUT_KEY, layer_feature_count
+from nfm.models.state import model_device_dtype
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AGOPPass", "functional_state", "is_same_tensor"]
+
+
+# Largest number of Jacobian entries (outputs x samples x features) held at once when the
+# outputs are processed in blocks automatically (2**26 float32 entries = 256 MiB; four times
+# that on CUDA devices).
+_JACOBIAN_ELEMENT_BUDGET = 2**26
+
+
+def is_same_tensor(a: Any, b: torch.Tensor) -> bool:
+    if not isinstance(a, torch.Tensor):
+        return False
+    if a is b:
+        return True
+    return (
+        a.numel() == b.numel()
+        and a.device == b.device
+        and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+        and a.storage_offset() == b.storage_offset()
+        and a.is_contiguous()
+        and b.is_contiguous()
+    )
+
+
+def _shape_error(
+    exc: BaseException, x: torch.Tensor, hooks: LayerInputPerturbation
+) -> NFMInputError | None:
+    message = str(exc)
+    shape_words = ("shape", "size", "dimension", "mat1", "mat2")
+    if not isinstance(exc, RuntimeError) or not any(w in message for w in shape_words):
+        return None
+    per_sample = tuple(x.shape[1:])
+    where = ""
+    if hooks.last_entered is not None:
+        name, module = hooks.last_entered
+        expected = layer_feature_count(module)
+        label = "in_features" if hasattr(module, "in_features") else "in_channels"
+        where = (
+            f"; the forward failed in layer {name!r} ({type(module).__name__}), which expects "
+            f"{label}={expected}"
+        )
+    first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+    return NFMInputError(
+        f"data has shape {tuple(x.shape)} ({per_sample[-1] if per_sample else 1} features "
+        f"per sample, sample shape {per_sample}){where}. The model raised: {first_line}"
+    )
+
+
+def functional_state(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        t = tensor.detach()
+        if t.is_floating_point() and t.dtype != dtype:
+            t = t.to(dtype)
+        state[name] = t
+    return state
+
+
+class AGOPPass:
+    """One pass over the data: the state shared by the chunks."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: dict[str, nn.Module],
+        *,
+        include_input: bool,
+        outputs: OutputSpec,
+        dtype: torch.dtype,
+        device: torch.device,
+        vectorize: bool,
+        output_chunk_size: int | None,
+        check_independence: bool,
+    ) -> None:
+        self.model = model
+        self.layers = layers
+        self.include_input = include_input
+        self.outputs = outputs
+        self.dtype = dtype
+        self.device = device
+        self.vectorize = vectorize
+        self.output_chunk_size = output_chunk_size
+        self.check_independence = check_independence
+        self.scripted = isinstance(model, torch.jit.ScriptModule)
+        _, model_dtype = model_device_dtype(model)
+        if self.scripted and model_dtype is not None and dtype != model_dtype:
+            raise NFMInputError(
+                f"dtype={dtype} differs from the TorchScript model's {model_dtype}; a "
+                "TorchScript model cannot be run on cast copies of its parameters"
+            )
+        self.state = {} if self.scripted else functional_state(model, dtype)
+        self.projection: torch.Tensor | None = None
+        self.n_outputs: int | None = None
+        self.output_layers: set[str] = set()
+        self.accumulator = AGOPAccumulator(device=device)
+        self.chunks_done = 0
+        self.flush_every = 8
+        self.partials: dict[str, PartialSums] = {}
+        self.aliases: dict[str, str] = {}
+        self.keys_in_order = ([INPUT_KEY] if include_input else []) + list(layers)
+
+    def _forward(self, x: torch.Tensor) -> Any:
+        if self.scripted:  # TorchScript: call as is (gradients asked for the inputs only)
+            return self.model(x)
+        return torch.func.functional_call(self.model, self.state, (x,))
+
+    def process(self, x: torch.Tensor, start: int, hooks: LayerInputPerturbation) -> None:
+        b = x.shape[0]
+        if b == 0:
+            return
+        first = self.chunks_done == 0
+        hooks.deltas.clear()
+        hooks.last_entered = None
+        hooks.active = True
+        hooks.keep_outputs = first
+        try:
+            with torch.enable_grad():
+                x_in = x.requires_grad_(True) if self.include_input else x
+                try:
+                    out = self._forward(x_in)
+                except (LayerSelectionError, NFMInputError):
+                    raise
+                except RuntimeError as exc:
+                    wrapped = _shape_error(exc, x, hooks)
+                    if wrapped is None:
+                        raise
+                    raise wrapped from None
+        finally:
+            hooks.active = False
+        deltas = {name: hooks.deltas[name] for name in self.layers if name in hooks.deltas}
+        missing = [name for name in self.layers if name not in deltas]
+        if missing:
+            raise LayerSelectionError(
+                f"selected layer(s) {missing} were never called in the model's forward pass "
+                f"(rows {start} to {start + b - 1}); select layers the forward uses"
+            )
+        flat = self._flat_output(out, b)
+        if first:
+            self.output_layers = {
+                name for name, o in hooks.outputs.items() if is_same_tensor(o, out)
+            }
+            hooks.outputs.clear()
+            hooks.keep_outputs = False
+            if self.check_independence and b >= 2:
+                self._check_independence(x, flat, hooks)
+        inputs: list[torch.Tensor] = []
+        keys: list[str] = []
+        if self.include_input:
+            inputs.append(x_in)
+            keys.append(INPUT_KEY)
+        for name, delta in deltas.items():
+            inputs.append(delta)
+            keys.append(name)
+        layouts = [
+            _input_layout(t, b) if key == INPUT_KEY else _layer_layout(t, b, key)
+            for key, t in zip(keys, inputs, strict=True)
+        ]
+        k = self.projection.shape[0]
+        for index, (lo, grads) in enumerate(self._jacobian_blocks(flat, inputs, layouts, b)):
+            self._accumulate(keys, grads, lo, k, establish=first and index == 0)
+        for key, (positions, _) in zip(keys, layouts, strict=True):
+            if key not in self.aliases:
+                self.partials[key].add_counts(b, b * positions)
+        self.chunks_done += 1
+        if self.chunks_done % self.flush_every == 0:
+            self.flush()
+
+    def _accumulate(
+        self, keys: list[str], grads: list[torch.Tensor], lo: int, k: int, establish: bool
+    ) -> None:
+        """Add one block of output rows of one chunk's Jacobians.
+
+        A key whose gradient tensor *is* an earlier key's (the model input feeding only the
+        first layer: autograd hands back one tensor for both) reuses that key's sums instead of
+        repeating the same products; the relation is established on the first block and
+        checked on every later one.
+        """
+        same_as: dict[str, str] = {}
+        for i, (key, g) in enumerate(zip(keys, grads, strict=True)):
+            for earlier, g_earlier in zip(keys[:i], grads[:i], strict=False):
+                if g is g_earlier and earlier not in same_as:
+                    same_as[key] = earlier
+                    break
+        if establish:
+            self.aliases = dict(same_as)
+        for key, source in list(self.aliases.items()):
+            if same_as.get(key) != source:  # no longer identical: sums of its own from now on
+                self.partials[key] = self.partials[source].clone()
+                del self.aliases[key]
+        for key, g in zip(keys, grads, strict=True):
+            if key in self.aliases:
+                continue
+            self.partials.setdefault(key, PartialSums()).add_block(g, lo, k)
+
+    def flush(self) -> None:
+        """Move the compute-dtype sums into the float64 accumulator (model order)."""
+        for key in self.keys_in_order:
+            source = self.aliases.get(key, key)
+            if source in self.partials:
+                self.partials[source].add_to(self.accumulator, key)
+        for partial in self.partials.values():
+            partial.reset()
+
+    def _flat_output(self, out: Any, b: int) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor):
+            raise NFMInputError(
+                f"the model returned {type(out).__name__}; compute_agop needs a model whose "
+                "forward returns one tensor of shape (batch, ...) (wrap it to pick the output)"
+            )
+        if out.ndim == 0 or out.shape[0] != b:
+            raise NFMInputError(
+                f"the model returned shape {tuple(out.shape)} for a batch of {b} samples; "
+                "expected the batch dimension first"
+            )
+        if not out.is_floating_point():
+            raise NFMInputError(f"the model returned a {out.dtype} tensor; expected floats")
+        flat = out.reshape(b, -1)
+        c = flat.shape[1]
+        if self.n_outputs is None:
+            self.n_outputs = c
+            self.projection = output_projection(self.outputs, c, flat.dtype, flat.device)
+        elif c != self.n_outputs:
+            raise NFMInputError(
+                f"the model returned {c} outputs per sample for one chunk and "
+                f"{self.n_outputs} for an earlier one"
+            )
+        return flat
+
+    def _check_independence(
+        self, x: torch.Tensor, flat: torch.Tensor, hooks: LayerInputPerturbation
+    ) -> None:
+        with torch.no_grad():
+            alone = self._forward(x[:1].detach()).reshape(1, -1)
+        batched = flat[:1].detach()
+        scale = float(batched.abs().max()) + float(alone.abs().max())
+        # loose in low precision: batched and single-sample kernels (TF32, half) round
+        # differently, while interacting samples change the output at order one
+        rtol = 1e-8 if flat.dtype == torch.float64 else 1e-2
+        tol = rtol * scale + torch.finfo(flat.dtype).tiny
+        if float((alone - batched).abs().max()) > tol:
+            raise NFMInputError(
+                "the model's output for a sample changes with the other samples in its batch "
+                "(sample 0 alone vs. in a batch differ); the AGOP needs samples that do not "
+                "interact in eval mode (no batch statistics, no random layers). Pass "
+                "check_independence=False to skip this check"
+            )
+
+    def _jacobian_blocks(
+        self,
+        flat: torch.Tensor,
+        inputs: list[torch.Tensor],
+        layouts: list[tuple[int, int]],
+        b: int,
+    ) -> Iterator[tuple[int, list[torch.Tensor]]]:
+        """Yield (first output row, per input the Jacobians ``(k_block, b, p, d)`` of P f)."""
+        projection = self.projection
+        k, c = projection.shape
+        per_sample = sum(t.numel() for t in inputs) // b
+        block = self.output_chunk_size
+        if block is None:
+            budget = _JACOBIAN_ELEMENT_BUDGET * (4 if flat.device.type == "cuda" else 1)
+            block = max(1, budget // max(1, b * per_sample))
+        block = min(block, k)
+        for lo in range(0, k, block):
+            rows = projection[lo : lo + block]
+            kb = rows.shape[0]
+            if not flat.requires_grad:  # the output does not depend on any input
+                yield (
+                    lo,
+                    [
+                        torch.zeros(kb, b, *layout, dtype=flat.dtype, device=flat.device)
+                        for layout in layouts
+                    ],
+                )
+                continue
+            # contiguous: an expanded (stride-0) cotangent sends the batched backward to bmm
+            cotangents = rows[:, None, :].expand(kb, b, c).contiguous()
+            grads = self._vjp(flat, inputs, cotangents)
+            blocks = []
+            for g, t, layout in zip(grads, inputs, layouts, strict=True):
+                if g is None:  # the output does not depend on this input
+                    g = torch.zeros((kb, *t.shape), dtype=t.dtype, device=t.device)
+                blocks.append(g.reshape(kb, b, *layout))
+            yield lo, blocks
+
+    def _vjp(
+        self,
+        flat: torch.Tensor,
+        inputs: list[torch.Tensor],
+        cotangents: torch.Tensor,
+    ) -> Sequence[torch.Tensor | None]:
+        if self.vectorize:
+            try:
+                return torch.autograd.grad(
+                    flat,
+                    inputs,
+                    grad_outputs=cotangents,
+                    retain_graph=True,
+                    allow_unused=True,
+                    is_grads_batched=True,
+                )
+            except RuntimeError as exc:  # a backward op without a batching rule
+                logger.info("batched backward failed (%s); using a loop over outputs", exc)
+                self.vectorize = False
+        columns: list[list[torch.Tensor | None]] = [[] for _ in inputs]
+        for j in range(cotangents.shape[0]):
+            grads = torch.autograd.grad(
+                flat, inputs, grad_outputs=cotangents[j], retain_graph=True, allow_unused=True
+            )
+            for i, g in enumerate(grads):
+                columns[i].append(g)
+        result: list[torch.Tensor | None] = []
+        for i, t in enumerate(inputs):
+            gs = [g if g is not None else torch.zeros_like(t) for g in columns[i]]
+            result.append(torch.stack(gs))
+        return result
+
+
+def _layer_layout(t: torch.Tensor, b: int, name: str) -> tuple[int, int]:
+    """(positions, features) per sample of a layer input ``t`` holding ``b`` samples.
+
+    The feature dimension is the last one; every other entry of the ``b`` samples' input is a
+    position. Only the total count matters for the sums, so a sequence-first layout
+    ``(T, b, d)`` gives the same AGOP as ``(b, T, d)``.
+    """
+    d = t.shape[-1]
+    positions, remainder = divmod(t.numel(), max(1, b * d))
+    if remainder or positions == 0:
+        raise LayerSelectionError(
+            f"layer {name!r} receives a tensor of shape {tuple(t.shape)}, which does not hold "
+            f"{b} samples of {d} features (feature dimension last)"
+        )
+    return positions, d
+
+
+def _input_layout(t: torch.Tensor, b: int) -> tuple[int, int]:
+    """The model input is one flattened vector per sample."""
+    return 1, t.numel() // b

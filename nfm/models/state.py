@@ -1,0 +1,62 @@
+"""Leave a model as it was found: modes, ``requires_grad`` flags, device and dtype queries.
+
+:class:`ModelState` records every module's ``training`` flag and every parameter's
+``requires_grad`` flag on enter and restores them all on exit (also on error), so code that puts a
+model in eval mode for a measurement hands it back exactly as it came -- a frozen batch-norm or
+dropout submodule of a model in training mode stays frozen.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from nfm.exceptions import NFMInputError
+
+__all__ = ["ModelState", "check_sample_independence", "model_device_dtype"]
+
+
+class ModelState:
+    """Put a model in eval mode and restore every module's training flag afterwards."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._modes = {module: module.training for module in model.modules()}
+
+    def __enter__(self) -> ModelState:
+        self.model.eval()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for module, mode in self._modes.items():
+            module.training = mode
+
+
+def model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    for tensor in [*model.parameters(), *model.buffers()]:
+        return tensor.device, None
+    return None, None
+
+
+def check_sample_independence(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if module.running_mean is None:
+                raise NFMInputError(
+                    f"module {name!r} ({type(module).__name__}) has track_running_stats=False, "
+                    "so it normalises with batch statistics even in eval mode and the samples "
+                    "of a batch interact; the AGOP needs a per-sample function of the input"
+                )
+            if module.training:
+                warnings.warn(
+                    f"module {name!r} ({type(module).__name__}) is in training mode; the AGOP "
+                    "is computed in eval mode, i.e. with its running statistics, not batch "
+                    "statistics",
+                    UserWarning,
+                    stacklevel=4,
+                )
