@@ -19,19 +19,49 @@ __all__ = ["ModelState", "check_sample_independence", "model_device_dtype"]
 
 
 class ModelState:
-    """Put a model in eval mode and restore every module's training flag afterwards."""
+    """Set a model's mode for a block of code; restore every module's mode and grad flags after.
 
-    def __init__(self, model: nn.Module) -> None:
+    On enter, every module's ``training`` flag and every parameter's ``requires_grad`` flag are
+    recorded and the whole model is put in ``mode`` (``"eval"``, ``"train"``, or ``None`` to
+    leave the modes alone). On exit, also after an exception, each flag is put back as it was,
+    module by module: restoring only the root (``model.train(was_training)``) would switch a
+    frozen batch-norm or dropout submodule back to training.
+
+    Parameters
+    ----------
+    model : nn.Module
+    mode : {"eval", "train"} or None
+        The mode inside the block (default ``"eval"``).
+
+    Examples
+    --------
+    >>> with ModelState(model):          # doctest: +SKIP
+    ...     logits = model(x)            # eval mode here; model's modes restored after
+    """
+
+    def __init__(self, model: nn.Module, mode: str | None = "eval") -> None:
+        if mode not in ("eval", "train", None):
+            raise NFMInputError(f"mode must be 'eval', 'train' or None; got {mode!r}")
         self.model = model
+        self.mode = mode
         self._modes = {module: module.training for module in model.modules()}
+        self._requires_grad = {p: p.requires_grad for p in model.parameters()}
 
     def __enter__(self) -> ModelState:
-        self.model.eval()
+        if self.mode is not None:
+            self.model.train(self.mode == "train")
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        for module, mode in self._modes.items():
-            module.training = mode
+        self.restore()
+
+    def restore(self) -> None:
+        """Put every recorded mode and ``requires_grad`` flag back."""
+        for module, training in self._modes.items():
+            module.training = training
+        for parameter, flag in self._requires_grad.items():
+            if parameter.requires_grad != flag:
+                parameter.requires_grad_(flag)
 
 
 def model_device_dtype(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
