@@ -1,5 +1,7 @@
-"""Tests of nfm.features: the batched AGOP engine against a per-sample float64 loop, its
-invariants, the partial sums, model hygiene and the errors on bad input."""
+"""Tests of nfm.features: the batched AGOP engine against two float64 references (a per-sample
+hook loop, and per-sample ``jacrev`` Jacobians of hand-split models that share none of the
+engine's conventions), its invariants, the shared sums of identical Jacobians, the partial sums,
+model hygiene and the errors on bad input."""
 
 from __future__ import annotations
 
@@ -11,11 +13,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference_agop import reference_agop
+from reference_agop import input_split, reference_agop, split_reference_agop
 from torch import nn
+from torch.nn import functional as F
 
+import nfm.features.jacobians as engine
 from nfm.exceptions import LayerSelectionError, NFMInputError
 from nfm.features import AGOPAccumulator, accumulate_agop, compute_agop, compute_nfm
+from nfm.features.accumulator import PartialSums
+from nfm.features.agop import run_agop_pass
 from nfm.models.selection import INPUT_KEY
 
 # ---------------------------------------------------------------------------------------------
@@ -156,6 +162,209 @@ def test_matches_per_sample_reference(name, centered):
     for key in want:
         error = float((got[key] - want[key]).norm())
         assert error <= 1e-10 * float(want[key].norm() + 1e-4 * scale[key].norm()), key
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the independent reference: hand-split models, per-sample jacrev, no hooks
+# ---------------------------------------------------------------------------------------------
+
+_ACTIVATIONS = {nn.Tanh: torch.tanh, nn.ReLU: torch.relu, nn.GELU: F.gelu}
+
+
+def lin(layer, h):
+    return F.linear(h, layer.weight, layer.bias)
+
+
+def split_sequential(model):
+    """Hand split of an nn.Sequential of Linear layers and activations, one sample at a time."""
+    mods = list(model)
+
+    def run(h, start, stop):
+        for m in mods[start:stop]:
+            h = lin(m, h) if isinstance(m, nn.Linear) else _ACTIVATIONS[type(m)](h)
+        return h
+
+    splits = {INPUT_KEY: input_split(lambda v: run(v, 0, len(mods)))}
+    for i, m in enumerate(mods):
+        if isinstance(m, nn.Linear):
+            splits[str(i)] = (
+                lambda xi, i=i: run(xi, 0, i),
+                lambda xi, h, i=i: run(h, i, len(mods)),
+            )
+    return splits
+
+
+def split_residual(m):
+    def h1(xi):
+        return torch.tanh(lin(m.inp, xi))
+
+    def block_out(xi):
+        return h1(xi) + torch.relu(lin(m.block, h1(xi)))
+
+    def full(xi):
+        return lin(m.out, block_out(xi))
+
+    return {
+        INPUT_KEY: input_split(full),
+        "inp": (lambda xi: xi, lambda xi, h: full(h)),
+        # the skip path keeps the block's actual input: only the layer's own input moves
+        "block": (h1, lambda xi, h: lin(m.out, h1(xi) + torch.relu(lin(m.block, h)))),
+        "out": (block_out, lambda xi, h: lin(m.out, h)),
+    }
+
+
+def split_two_heads(m):
+    def trunk(xi):
+        return F.gelu(lin(m.trunk, xi))
+
+    def full(xi):
+        return torch.cat([lin(m.head_a, trunk(xi)), lin(m.head_b, trunk(xi)) ** 2])
+
+    return {
+        INPUT_KEY: input_split(full),
+        "trunk": (lambda xi: xi, lambda xi, h: full(h)),
+        "head_a": (
+            trunk,
+            lambda xi, h: torch.cat([lin(m.head_a, h), lin(m.head_b, trunk(xi)) ** 2]),
+        ),
+        "head_b": (
+            trunk,
+            lambda xi, h: torch.cat([lin(m.head_a, trunk(xi)), lin(m.head_b, h) ** 2]),
+        ),
+    }
+
+
+class TokenMixer(nn.Module):
+    """Takes (batch, T, d) tokens; its layers see (batch, T, features); tokens interact."""
+
+    def __init__(self, d=4, e=5, c=3, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.proj = nn.Linear(d, e)
+        self.mixer = nn.Linear(e, e)
+        self.out = nn.Linear(e, c)
+
+    def forward(self, x):
+        h = torch.tanh(self.proj(x))
+        h = torch.softmax(self.mixer(h), dim=1) * h
+        return self.out(h.mean(dim=1))
+
+
+def split_token_mixer(m):
+    """One sample is (T, d): softmax over its tokens (axis 0)."""
+
+    def g(xi):
+        return torch.tanh(lin(m.proj, xi))
+
+    def pooled(xi, h_mixer):
+        return (torch.softmax(lin(m.mixer, h_mixer), dim=0) * g(xi)).mean(dim=0)
+
+    return {
+        INPUT_KEY: input_split(lambda v: lin(m.out, pooled(v, g(v)))),
+        "proj": (lambda xi: xi, lambda xi, h: lin(m.out, pooled(h, g(h)))),
+        "mixer": (g, lambda xi, h: lin(m.out, pooled(xi, h))),
+        "out": (lambda xi: pooled(xi, g(xi)), lambda xi, h: lin(m.out, h)),
+    }
+
+
+def _split_case(name):
+    """(model, data, hand split) for the independent reference."""
+    if name == "tanh-depth3":
+        return mlp([5, 7, 6, 3], nn.Tanh), data(9, 5), split_sequential
+    if name == "gelu-depth4-nobias":
+        return mlp([4, 6, 6, 5, 3], nn.GELU, bias=False), data(9, 4), split_sequential
+    if name == "relu-scalar-output":
+        return mlp([6, 4, 1]), data(9, 6), split_sequential
+    if name == "residual":
+        return ResidualMLP(), data(9, 5), split_residual
+    if name == "two-heads":
+        return TwoHeads(), data(9, 4), split_two_heads
+    if name == "tokens":
+        g = torch.Generator().manual_seed(3)
+        return (
+            TokenMixer(),
+            torch.randn(7, 3, 4, generator=g, dtype=torch.float64),
+            split_token_mixer,
+        )
+    raise KeyError(name)
+
+
+SPLIT_CASES = [
+    "tanh-depth3",
+    "gelu-depth4-nobias",
+    "relu-scalar-output",
+    "residual",
+    "two-heads",
+    "tokens",
+]
+
+
+def assert_matches_reference(got, want, uncentred_want=None, rtol=1e-10):
+    """||got - want|| <= rtol ||want||; for a centred AGOP the guarantee of S/m - Jbar^T Jbar is
+    relative to the uncentred AGOP (it is exactly 0 at a layer with a constant Jacobian)."""
+    assert set(got) == set(want)
+    for key in want:
+        scale = (want if uncentred_want is None else uncentred_want)[key].norm()
+        error = (torch.as_tensor(got[key], dtype=torch.float64) - want[key]).norm()
+        assert float(error) <= rtol * float(scale), (key, float(error), float(scale))
+
+
+@pytest.mark.parametrize("name", SPLIT_CASES)
+@pytest.mark.parametrize("centered", [False, True], ids=["plain", "centred"])
+def test_matches_independent_split_reference(name, centered):
+    model, x, split = _split_case(name)
+    model = model.double()
+    splits = split(model)
+    got = compute_agop(
+        model, x, layers=[k for k in splits if k != INPUT_KEY], centered=centered, chunk_size=4
+    )
+    want = split_reference_agop(splits, x, centered=centered)
+    uncentred = split_reference_agop(splits, x) if centered else None
+    assert list(got) == list(splits)
+    assert_matches_reference(got, want, uncentred)
+
+
+@pytest.mark.parametrize("name", ["tanh-depth3", "tokens", "two-heads"])
+@pytest.mark.parametrize("centered", [False, True], ids=["plain", "centred"])
+@pytest.mark.parametrize("which", ["one", "subset", "projection"])
+def test_output_selection_matches_independent_reference(name, centered, which):
+    model, x, split = _split_case(name)
+    model = model.double()
+    splits = split(model)
+    c = 5 if name == "two-heads" else 3
+    g = torch.Generator().manual_seed(11)
+    outputs = {
+        "one": 1,
+        "subset": [c - 1, 0],
+        "projection": torch.randn(2, c, generator=g, dtype=torch.float64),
+    }[which]
+    projection = outputs if which == "projection" else torch.eye(c, dtype=torch.float64)[outputs]
+    if which == "one":
+        projection = projection[None]
+    layers = [k for k in splits if k != INPUT_KEY]
+    got = compute_agop(model, x, layers=layers, outputs=outputs, centered=centered)
+    want = split_reference_agop(splits, x, projection=projection, centered=centered)
+    uncentred = split_reference_agop(splits, x, projection=projection) if centered else None
+    assert_matches_reference(got, want, uncentred)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    widths=st.lists(st.integers(1, 6), min_size=2, max_size=5),
+    activation=st.sampled_from([nn.Tanh, nn.GELU, nn.ReLU]),
+    n=st.integers(1, 7),
+    chunk=st.integers(1, 7),
+    centered=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_mlps_match_independent_reference(widths, activation, n, chunk, centered, seed):
+    model = mlp(widths, activation, seed=seed).double()
+    x = data(n, widths[0], seed=seed)
+    splits = split_sequential(model)
+    got = compute_agop(model, x, centered=centered, chunk_size=chunk)
+    want = split_reference_agop(splits, x, centered=centered)
+    uncentred = split_reference_agop(splits, x) if centered else None
+    assert_matches_reference(got, want, uncentred)
 
 
 @pytest.mark.parametrize(
@@ -301,6 +510,56 @@ def test_scaling_output_scales_agop_by_square(name, a, seed):
     for key, value in base.items():
         other = scaled[key if key == INPUT_KEY else "inner." + key]
         assert torch.allclose(other, a**2 * value, rtol=1e-10, atol=1e-14)
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    name=_models,
+    n=st.integers(2, 12),
+    cut=st.integers(1, 11),
+    chunks=st.tuples(st.integers(1, 12), st.integers(1, 12)),
+    seed=st.integers(0, 2**16),
+)
+def test_merge_over_a_split_of_the_data_is_the_whole(name, n, cut, chunks, seed):
+    cut = min(cut, n - 1)
+    model, d = MODELS[name]()
+    x = data(n, d, seed=seed)
+    whole = accumulate_agop(model, x, dtype=torch.float64, chunk_size=n)
+    left = accumulate_agop(model, x[:cut], dtype=torch.float64, chunk_size=chunks[0])
+    right = accumulate_agop(model, x[cut:], dtype=torch.float64, chunk_size=chunks[1])
+    merged = left.merge(right)
+    assert merged.keys() == whole.keys()
+    for key in whole.keys():
+        assert merged.n_samples(key) == n and merged.n_rows(key) == whole.n_rows(key)
+    for centered in (False, True):
+        a, b = merged.result(centered=centered), whole.result(centered=centered)
+        scale = whole.result()
+        for key in b:
+            assert float((a[key] - b[key]).norm()) <= 1e-12 * float(scale[key].norm())
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    c=st.integers(1, 4),
+    d=st.integers(1, 5),
+    tokens=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_linear_model_on_tokens_gives_a_transpose_a(c, d, tokens, seed):
+    # f(x) = (x_t A^T)_t flattened: token t's Jacobian is A in the rows of token t, so the layer
+    # AGOP (averaged over tokens) is A^T A and the input AGOP is kron(I_T, A^T A)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(d, c)).double()
+    x = torch.randn(
+        5, tokens, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
+    result = compute_agop(model, x)
+    a = model[0].weight.detach()
+    assert rel_err(result["0"], a.T @ a) <= 1e-12
+    assert (
+        rel_err(result[INPUT_KEY], torch.kron(torch.eye(tokens, dtype=torch.float64), a.T @ a))
+        <= 1e-12
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -543,24 +802,39 @@ def mixed_mode_model():
 
 
 @pytest.mark.parametrize(
-    "call",
+    ("call", "error", "match"),
     [
-        lambda m: compute_agop(m, data(4, 5, dtype=torch.float32)),
-        lambda m: compute_agop(m, data(4, 5, dtype=torch.float32), dtype=torch.float64),
-        lambda m: compute_agop(m, data(4, 7, dtype=torch.float32)),
-        lambda m: compute_agop(m, torch.full((3, 5), float("nan"))),
-        lambda m: compute_agop(m, data(4, 5), layers="nope"),
-        lambda m: compute_agop(m, torch.ones(3, 5, dtype=torch.int64)),
+        (lambda m: compute_agop(m, data(4, 5, dtype=torch.float32)), None, None),
+        (
+            lambda m: compute_agop(m, data(4, 5, dtype=torch.float32), dtype=torch.float64),
+            None,
+            None,
+        ),
+        (
+            lambda m: compute_agop(m, data(4, 7, dtype=torch.float32)),
+            NFMInputError,
+            r"shape \(4, 7\).*in_features=5",
+        ),
+        (lambda m: compute_agop(m, torch.full((3, 5), float("nan"))), NFMInputError, "NaN"),
+        (lambda m: compute_agop(m, data(4, 5), layers="nope"), LayerSelectionError, "'nope'"),
+        (
+            lambda m: compute_agop(m, torch.ones(3, 5, dtype=torch.int64)),
+            NFMInputError,
+            r"int64.*[Cc]ast",
+        ),
     ],
     ids=["normal", "float64", "wrong-features", "nan", "unknown-layer", "integers"],
 )
-def test_model_unchanged(call):
+def test_model_unchanged(call, error, match):
     model = mixed_mode_model()
     before = snapshot(model)
-    try:
-        call(model)
-    except NFMInputError:
-        pass
+    if error is None:
+        result = call(model)
+        assert list(result) == [INPUT_KEY, "0", "2"]
+        assert all(bool(torch.isfinite(v).all()) for v in result.values())
+    else:
+        with pytest.raises(error, match=match):
+            call(model)
     assert_unchanged(model, before)
 
 
@@ -766,10 +1040,99 @@ def test_shared_input_and_first_layer_sums_split_when_they_stop_being_identical(
     # chunk 1 (forward + independence check: calls 1, 2): the input feeds only fc, so the
     # input and fc Jacobians are one tensor and share sums; from chunk 2 on they differ.
     x = data(10, 3)
-    got = compute_agop(Switches(switch_at=2).double(), x, chunk_size=4, output_chunk_size=1)
+    _, unswitched = _pass(Switches(switch_at=10**9).double(), x, output_chunk_size=1)
+    assert unswitched.aliases == {"fc": INPUT_KEY}  # the sharing is established ...
+    got, run = _pass(Switches(switch_at=2).double(), x, output_chunk_size=1)
+    assert run.aliases == {}  # ... and undone when the Jacobians differ
     first = accumulate_agop(Switches(switch_at=10**9).double(), x[:4])
     rest = accumulate_agop(Switches(switch_at=0).double(), x[4:])
     want = first.merge(rest).result()
     assert not torch.allclose(want[INPUT_KEY], want["fc"])
     for key in want:
         assert rel_err(got[key], want[key]) <= 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# Identical Jacobians share their sums
+# ---------------------------------------------------------------------------------------------
+
+
+def _count_gram_updates(monkeypatch):
+    calls = []
+    original = PartialSums.add_block
+
+    def counting(self, grads, first_output, n_outputs):
+        calls.append(tuple(grads.shape))
+        return original(self, grads, first_output, n_outputs)
+
+    monkeypatch.setattr(PartialSums, "add_block", counting)
+    return calls
+
+
+def _pass(model, x, **options):
+    settings_ = dict(
+        layers=None,
+        include_input=True,
+        outputs=None,
+        dtype=torch.float64,
+        chunk_size=4,
+        output_chunk_size=None,
+        vectorize=True,
+        check_independence=True,
+        verbose=False,
+    )
+    settings_.update(options)
+    acc, _, run = run_agop_pass(model, x, **settings_)
+    return acc.result(), run
+
+
+@pytest.mark.parametrize("vectorize", [True, False], ids=["batched", "loop"])
+@pytest.mark.parametrize(
+    "case", ["mlp", "image-flatten"], ids=["input-feeds-first-layer", "flatten-view"]
+)
+def test_input_and_first_layer_products_are_done_once(monkeypatch, vectorize, case):
+    if case == "mlp":
+        model, x, first = mlp([5, 7, 3], nn.Tanh).double(), data(10, 5), "0"
+        split = split_sequential(model)
+    else:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+        x = torch.randn(
+            10, 3, 2, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+        )
+        first = "1"
+        split = None
+    calls = _count_gram_updates(monkeypatch)
+    got, run = _pass(model, x, vectorize=vectorize)
+    assert run.aliases == {first: INPUT_KEY}
+    # 3 chunks (4 + 4 + 2 samples), one output block each; 3 keys, the first layer shared
+    assert len(calls) == 3 * 2
+    monkeypatch.undo()
+    # results stay exact: same as computing the first layer's products separately ...
+    monkeypatch.setattr(engine, "_duplicate_jacobians", lambda grads, layouts: {})
+    separate, run_separate = _pass(model, x, vectorize=vectorize)
+    assert run_separate.aliases == {}
+    for key in separate:
+        assert rel_err(got[key], separate[key]) <= 1e-14
+    assert torch.equal(got[INPUT_KEY], got[first])
+    # ... and as the independent reference
+    if split is not None:
+        assert_matches_reference(got, split_reference_agop(split, x))
+
+
+def test_no_sharing_when_the_input_reaches_the_first_layer_transformed():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(2.0 * x)
+
+    model = Scaled().double()
+    got, run = _pass(model, data(6, 3))
+    assert run.aliases == {}
+    w = model.fc.weight.detach()
+    assert rel_err(got["fc"], w.T @ w) <= 1e-12
+    assert rel_err(got[INPUT_KEY], 4.0 * w.T @ w) <= 1e-12

@@ -6,7 +6,8 @@ import pytest
 from torch import nn
 
 from nfm.exceptions import LayerSelectionError
-from nfm.models.selection import INPUT_KEY, layer_feature_count, select_layers
+from nfm.models.adapters import layer_feature_count
+from nfm.models.selection import INPUT_KEY, select_layers
 
 
 class Net(nn.Module):

@@ -30,7 +30,7 @@ class AGOPAccumulator:
     For each key (a layer name or :data:`~nfm.models.selection.INPUT_KEY`) it holds, in float64,
 
     * ``n_samples``: number of samples seen, and ``n_rows``: number of Jacobians seen (samples
-      times positions: token positions of a transformer layer, patches of a convolution),
+      times positions, e.g. the token positions of a transformer layer),
     * ``sum_jtj`` :math:`= \sum_r J_r^T J_r` (``(d, d)``),
     * ``sum_j`` :math:`= \sum_r J_r` (``(k, d)``, ``k`` outputs),
 
@@ -147,7 +147,7 @@ class AGOPAccumulator:
             Layer name or ``"input"``.
         jacobians : array or tensor, shape ``(n, k, d)`` or ``(n, p, k, d)``
             :math:`J(x_i)` for ``n`` samples (``k`` outputs, ``d`` features), optionally for
-            ``p`` positions per sample (tokens, patches), each position one Jacobian.
+            ``p`` positions per sample (e.g. tokens), each position one Jacobian.
 
         Returns
         -------

@@ -209,11 +209,16 @@ def compute_agop(
 
     Conventions:
 
-    * **Extra dimensions.** A layer input of shape ``(batch, t_1, ..., d)`` has feature
-      dimension ``d`` (last) and ``t_1 * ...`` positions (tokens); the Jacobian of each position
-      is one term and the average runs over samples and positions
-      (:math:`\frac{1}{n T}\sum_i\sum_t J_{i,t}^T J_{i,t}`). The model input is taken as one
-      flattened vector per sample (an image ``(C, H, W)`` gives a ``C H W`` square AGOP).
+    * **Where the features are.** Each layer's adapter (:mod:`nfm.models.adapters`) reads its
+      input as ``(batch, positions, features)``. ``nn.Linear`` (and Hugging Face ``Conv1D``,
+      ``nn.Bilinear``'s first input) take the last axis as features: an input
+      ``(batch, t_1, ..., d)`` has ``t_1 * ...`` positions (tokens), the Jacobian of each
+      position is one term and the average runs over samples and positions
+      (:math:`\frac{1}{n T}\sum_i\sum_t J_{i,t}^T J_{i,t}`). Any layer with a
+      ``(batch, features)`` input works. Convolutions are refused (their AGOP belongs in patch
+      space, which is not implemented yet), and so is any other layer whose input has three or
+      more dimensions and no declared layout (``register_adapter``). The model input is taken
+      as one flattened vector per sample (an image ``(C, H, W)`` gives a ``C H W`` square AGOP).
     * **Outputs.** The model output is flattened per sample to ``c`` entries.
     * **Samples must not interact.** The Jacobians of a whole chunk come from one backward pass
       over the summed outputs, which is exact only when each output depends on its own sample
@@ -222,9 +227,11 @@ def compute_agop(
       in training mode triggers a warning (its running statistics are used); batch-norm with
       ``track_running_stats=False`` is an error; and with ``check_independence`` the first
       sample is also run alone and compared with its output inside the batch.
-    * **The model is left unchanged**: no parameter, flag or hook is touched; the computation
-      runs on detached (and, for ``dtype``, cast) copies of the parameters through
-      :func:`torch.func.functional_call`, and the hooks are removed even on error.
+    * **The model comes back unchanged**: the computation runs on detached (and, for
+      ``dtype``, cast) copies of the parameters through :func:`torch.func.functional_call`, so
+      no parameter, gradient or buffer is written; every module's mode and every parameter's
+      ``requires_grad`` flag are restored (:class:`~nfm.models.state.ModelState`) and the hooks
+      removed, also on error.
 
     Parameters
     ----------
@@ -254,8 +261,9 @@ def compute_agop(
         Outputs per backward pass (default: as many as fit in about 2**26 Jacobian entries,
         2**28 on CUDA); each block's products go straight into the sums.
     vectorize : bool
-        Batch the ``k`` vector-Jacobian products with vmap (``is_grads_batched``); False loops
-        over outputs (also the automatic fallback when an op has no batching rule).
+        Batch the ``k`` vector-Jacobian products in one backward pass vmapped over the
+        cotangents (``torch.autograd.grad(..., is_grads_batched=True)``); False loops over
+        outputs (also the automatic fallback when an op has no batching rule).
     check_independence : bool
         Compare the first sample's output alone and in its batch (one extra tiny forward).
     verbose : bool
@@ -273,7 +281,10 @@ def compute_agop(
         Empty data, NaN/inf in the data, integer data with ``include_input``, data whose shape
         the model rejects (the message names the data shape and the layer's expected features).
     LayerSelectionError
-        Unknown layer names, or a selected layer the forward pass never calls.
+        Unknown layer names, a selected layer the forward pass never calls (or calls twice),
+        a convolution layer (patch-space AGOP not implemented yet), or a layer input of three
+        or more dimensions whose layout no adapter declares (the message says how to declare
+        it with :func:`nfm.models.adapters.register_adapter`).
     """
     if batch_size is not None:
         chunk_size = batch_size

@@ -3,10 +3,18 @@ r"""The gradient engine: Jacobians of the model output with respect to every sel
 For a chunk of :math:`b` samples, one forward pass (through :func:`torch.func.functional_call` on
 detached parameters, with :class:`~nfm.models.hooks.LayerInputPerturbation` exposing the layer
 inputs) and :math:`k` vector-Jacobian products batched over the rows of the output projection
-:math:`P` (``torch.autograd.grad(..., is_grads_batched=True)``, which vmaps the backward pass) give
-:math:`P J_l(x_i)` for every sample and every selected layer at once. This is exact when the
-samples of a batch do not interact (eval mode); the first chunk checks it. Each block of
-Jacobians goes straight into :class:`~nfm.features.accumulator.PartialSums`.
+:math:`P` give :math:`P J_l(x_i)` for every sample and every selected layer at once. The batching
+is ``torch.autograd.grad(..., is_grads_batched=True)``, which vmaps the *backward pass* over the
+``k`` cotangents (one forward, one batched backward); it is not ``torch.func.vmap(jacrev)``. When
+an op has no batching rule the engine loops over the ``k`` cotangents instead. This is exact
+when the samples of a batch do not interact (eval mode); the first chunk checks it.
+
+Each layer's adapter (:func:`nfm.models.adapters.adapter_for`) says how its input is laid out as
+``(batch, positions, features)``; the model input is one flattened vector per sample. Each block
+of Jacobians goes straight into :class:`~nfm.features.accumulator.PartialSums`. When two keys get
+the very same Jacobians -- autograd returns one gradient tensor for the model input and for the
+input of a first layer that receives it unchanged -- the products are done once and the sums
+shared (:meth:`AGOPPass._accumulate`).
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ from torch import nn
 from nfm.exceptions import LayerSelectionError, NFMInputError
 from nfm.features.accumulator import AGOPAccumulator, PartialSums
 from nfm.features.outputs import OutputSpec, output_projection
+from nfm.models.adapters import InputLayout, adapter_for
 from nfm.models.hooks import LayerInputPerturbation
-from nfm.models.selection import INPUT_KEY, layer_feature_count
+from nfm.models.selection import INPUT_KEY
 from nfm.models.state import model_device_dtype
 
 logger = logging.getLogger(__name__)
@@ -37,6 +46,11 @@ _JACOBIAN_ELEMENT_BUDGET = 2**26
 
 
 def is_same_tensor(a: Any, b: torch.Tensor) -> bool:
+    """Whether ``a`` is ``b`` or a contiguous tensor over the same memory (e.g. a reshape of it).
+
+    Same storage, same offset, same number of entries and both contiguous: the same numbers in
+    the same order, whatever the shapes.
+    """
     if not isinstance(a, torch.Tensor):
         return False
     if a is b:
@@ -62,12 +76,10 @@ def _shape_error(
     where = ""
     if hooks.last_entered is not None:
         name, module = hooks.last_entered
-        expected = layer_feature_count(module)
-        label = "in_features" if hasattr(module, "in_features") else "in_channels"
-        where = (
-            f"; the forward failed in layer {name!r} ({type(module).__name__}), which expects "
-            f"{label}={expected}"
-        )
+        expected = adapter_for(module).expected_input(module)
+        where = f"; the forward failed in layer {name!r} ({type(module).__name__})"
+        if expected is not None:
+            where += f", which expects {expected}"
     first_line = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
     return NFMInputError(
         f"data has shape {tuple(x.shape)} ({per_sample[-1] if per_sample else 1} features "
@@ -181,39 +193,44 @@ class AGOPPass:
             inputs.append(delta)
             keys.append(name)
         layouts = [
-            _input_layout(t, b) if key == INPUT_KEY else _layer_layout(t, b, key)
+            _input_layout(t, b) if key == INPUT_KEY else _layer_layout(self.layers[key], t, b, key)
             for key, t in zip(keys, inputs, strict=True)
         ]
         k = self.projection.shape[0]
-        for index, (lo, grads) in enumerate(self._jacobian_blocks(flat, inputs, layouts, b)):
-            self._accumulate(keys, grads, lo, k, establish=first and index == 0)
-        for key, (positions, _) in zip(keys, layouts, strict=True):
+        blocks = self._jacobian_blocks(flat, inputs, layouts, b)
+        for index, (lo, grads, duplicates) in enumerate(blocks):
+            duplicate_keys = {keys[i]: keys[j] for i, j in duplicates.items()}
+            self._accumulate(keys, grads, duplicate_keys, lo, k, establish=first and index == 0)
+        for key, layout in zip(keys, layouts, strict=True):
             if key not in self.aliases:
-                self.partials[key].add_counts(b, b * positions)
+                self.partials[key].add_counts(b, b * layout.positions)
         self.chunks_done += 1
         if self.chunks_done % self.flush_every == 0:
             self.flush()
 
     def _accumulate(
-        self, keys: list[str], grads: list[torch.Tensor], lo: int, k: int, establish: bool
+        self,
+        keys: list[str],
+        grads: list[torch.Tensor],
+        duplicates: dict[str, str],
+        lo: int,
+        k: int,
+        establish: bool,
     ) -> None:
         """Add one block of output rows of one chunk's Jacobians.
 
-        A key whose gradient tensor *is* an earlier key's (the model input feeding only the
-        first layer: autograd hands back one tensor for both) reuses that key's sums instead of
-        repeating the same products; the relation is established on the first block and
-        checked on every later one.
+        ``duplicates`` maps a key to an earlier key whose Jacobians in this block are the same
+        numbers in the same layout (found by :func:`_duplicate_jacobians` before any reshape):
+        the model input feeding only the first layer, for which autograd returns one gradient
+        tensor. Such a key shares the earlier key's sums instead of repeating the Gram and mean
+        products. The sharing is established on the first block of the first chunk and checked
+        on every later block; a key whose Jacobians stop being identical gets a copy of the
+        shared sums so far and sums of its own from then on.
         """
-        same_as: dict[str, str] = {}
-        for i, (key, g) in enumerate(zip(keys, grads, strict=True)):
-            for earlier, g_earlier in zip(keys[:i], grads[:i], strict=False):
-                if g is g_earlier and earlier not in same_as:
-                    same_as[key] = earlier
-                    break
         if establish:
-            self.aliases = dict(same_as)
+            self.aliases = dict(duplicates)
         for key, source in list(self.aliases.items()):
-            if same_as.get(key) != source:  # no longer identical: sums of its own from now on
+            if duplicates.get(key) != source:  # no longer identical: sums of its own from now on
                 self.partials[key] = self.partials[source].clone()
                 del self.aliases[key]
         for key, g in zip(keys, grads, strict=True):
@@ -278,10 +295,16 @@ class AGOPPass:
         self,
         flat: torch.Tensor,
         inputs: list[torch.Tensor],
-        layouts: list[tuple[int, int]],
+        layouts: list[InputLayout],
         b: int,
-    ) -> Iterator[tuple[int, list[torch.Tensor]]]:
-        """Yield (first output row, per input the Jacobians ``(k_block, b, p, d)`` of P f)."""
+    ) -> Iterator[tuple[int, list[torch.Tensor], dict[int, int]]]:
+        """Yield, per block of output rows, (first output row, Jacobians, duplicates).
+
+        The Jacobians of ``P f`` are one ``(k_block, b, positions, features)`` tensor per input;
+        ``duplicates`` maps the index of an input to that of an earlier one whose Jacobians are
+        the same tensor memory with the same layout (detected on autograd's own tensors: the
+        reshape to rows makes new tensor objects).
+        """
         projection = self.projection
         k, c = projection.shape
         per_sample = sum(t.numel() for t in inputs) // b
@@ -297,20 +320,28 @@ class AGOPPass:
                 yield (
                     lo,
                     [
-                        torch.zeros(kb, b, *layout, dtype=flat.dtype, device=flat.device)
+                        torch.zeros(
+                            kb,
+                            b,
+                            layout.positions,
+                            layout.features,
+                            dtype=flat.dtype,
+                            device=flat.device,
+                        )
                         for layout in layouts
                     ],
+                    {},
                 )
                 continue
             # contiguous: an expanded (stride-0) cotangent sends the batched backward to bmm
             cotangents = rows[:, None, :].expand(kb, b, c).contiguous()
-            grads = self._vjp(flat, inputs, cotangents)
-            blocks = []
-            for g, t, layout in zip(grads, inputs, layouts, strict=True):
-                if g is None:  # the output does not depend on this input
-                    g = torch.zeros((kb, *t.shape), dtype=t.dtype, device=t.device)
-                blocks.append(g.reshape(kb, b, *layout))
-            yield lo, blocks
+            grads = [
+                torch.zeros((kb, *t.shape), dtype=t.dtype, device=t.device) if g is None else g
+                for g, t in zip(self._vjp(flat, inputs, cotangents), inputs, strict=True)
+            ]
+            duplicates = _duplicate_jacobians(grads, layouts)
+            blocks = [layout.jacobian_rows(g, b) for g, layout in zip(grads, layouts, strict=True)]
+            yield lo, blocks, duplicates
 
     def _vjp(
         self,
@@ -340,28 +371,77 @@ class AGOPPass:
                 columns[i].append(g)
         result: list[torch.Tensor | None] = []
         for i, t in enumerate(inputs):
+            twin = next(
+                (
+                    j
+                    for j in range(i)
+                    if all(
+                        a is not None and c is not None and _same_memory(a, c)
+                        for a, c in zip(columns[i], columns[j], strict=True)
+                    )
+                ),
+                None,
+            )
+            if twin is not None:  # autograd handed back the same gradients: keep them shared
+                result.append(result[twin].reshape(cotangents.shape[0], *t.shape))
+                continue
             gs = [g if g is not None else torch.zeros_like(t) for g in columns[i]]
             result.append(torch.stack(gs))
         return result
 
 
-def _layer_layout(t: torch.Tensor, b: int, name: str) -> tuple[int, int]:
-    """(positions, features) per sample of a layer input ``t`` holding ``b`` samples.
+def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` hold the same numbers in the same memory order.
 
-    The feature dimension is the last one; every other entry of the ``b`` samples' input is a
-    position. Only the total count matters for the sums, so a sequence-first layout
-    ``(T, b, d)`` gives the same AGOP as ``(b, T, d)``.
+    True for the same object, for tensors over the same storage with the same offset, shape
+    and strides, and for contiguous tensors over the same storage and offset with the same
+    number of entries (a reshape).
     """
-    d = t.shape[-1]
-    positions, remainder = divmod(t.numel(), max(1, b * d))
-    if remainder or positions == 0:
-        raise LayerSelectionError(
-            f"layer {name!r} receives a tensor of shape {tuple(t.shape)}, which does not hold "
-            f"{b} samples of {d} features (feature dimension last)"
-        )
-    return positions, d
+    if a is b:
+        return True
+    if a.device != b.device or a.dtype != b.dtype or a.numel() != b.numel():
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    if a.storage_offset() != b.storage_offset():
+        return False
+    if a.shape == b.shape and a.stride() == b.stride():
+        return True
+    return a.is_contiguous() and b.is_contiguous()
 
 
-def _input_layout(t: torch.Tensor, b: int) -> tuple[int, int]:
+def _duplicate_jacobians(
+    grads: Sequence[torch.Tensor], layouts: Sequence[InputLayout]
+) -> dict[int, int]:
+    """``{i: j}`` for each input ``i`` whose Jacobian rows are those of an earlier input ``j``.
+
+    Rows are identical when the layouts are equal and the gradient tensors are the same memory
+    (:func:`_same_memory`); with the features on another axis than the last, the shapes must
+    agree too (the rows then depend on the shape). ``j`` is the first such input, so it is
+    never itself a duplicate.
+    """
+    duplicates: dict[int, int] = {}
+    for i, (g, layout) in enumerate(zip(grads, layouts, strict=True)):
+        for j in range(i):
+            if (
+                layouts[j] == layout
+                and (layout.feature_axis is None or grads[j].shape == g.shape)
+                and _same_memory(grads[j], g)
+            ):
+                duplicates[i] = j
+                break
+    return duplicates
+
+
+def _layer_layout(module: nn.Module, t: torch.Tensor, b: int, name: str) -> InputLayout:
+    """Layout of the input ``t`` of layer ``name`` holding ``b`` samples, from its adapter.
+
+    See :meth:`nfm.models.adapters.LayerAdapter.input_layout`; raises
+    :class:`~nfm.exceptions.LayerSelectionError` for a layout the adapter does not support.
+    """
+    return adapter_for(module).input_layout(module, tuple(t.shape), b, name)
+
+
+def _input_layout(t: torch.Tensor, b: int) -> InputLayout:
     """The model input is one flattened vector per sample."""
-    return 1, t.numel() // b
+    return InputLayout(1, t.numel() // b)

@@ -1,4 +1,4 @@
-r"""Neural feature matrices NFM = W^T W of the selected layers, the weight read as (out, in)."""
+r"""Neural feature matrices :math:`\mathrm{NFM}_l = W_l^T W_l`, the weight read as ``(out, in)``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from nfm.exceptions import LayerSelectionError
+from nfm.models.adapters import adapter_for
 from nfm.models.selection import LayerSpec, select_layers
 
 __all__ = ["compute_nfm"]
@@ -21,15 +21,26 @@ def compute_nfm(
 ) -> dict[str, torch.Tensor]:
     r"""Neural feature matrix :math:`\mathrm{NFM}_l = W_l^T W_l` of every selected layer.
 
-    The bias is excluded: the NFM describes how the layer weighs directions of its input.
-    For a convolution the weight is reshaped to ``(C_out, C_in * kh * kw)`` first (the filter
-    covariance). Keys match :func:`compute_agop` (no ``"input"`` key: the input has no weight).
+    :math:`W_l` is the layer's weight read as an ``(out, in)`` matrix by its adapter
+    (:meth:`nfm.models.adapters.LayerAdapter.weight_matrix`), so that ``in`` indexes the same
+    input features as the layer's AGOP:
+
+    * ``nn.Linear``: ``weight`` itself, ``(out_features, in_features)``;
+    * Hugging Face ``Conv1D`` (GPT-2), which stores its weight ``(in, out)``: ``weight.T``, so
+      the NFM is ``weight @ weight.T``;
+    * convolutions: the weight in patch space, ``(C_out, C_in * prod(kernel_size))`` (the
+      filter covariance; with ``groups > 1`` each filter sits at the columns of its group's
+      input channels). The matching patch-space AGOP is not implemented yet, so
+      :func:`nfm.features.compute_agop` refuses convolution layers.
+
+    The bias is excluded: the NFM describes how the layer weighs directions of its input. Keys
+    match :func:`compute_agop` (no ``"input"`` key: the input has no weight).
 
     Parameters
     ----------
     model : nn.Module
     layers : LayerSpec or sequence, optional
-        Default every ``nn.Linear``. Every selected module must have a 2-D or higher ``weight``.
+        Default every ``nn.Linear``.
     dtype : torch.dtype, optional
         Result dtype (default the weight's).
 
@@ -37,17 +48,17 @@ def compute_nfm(
     -------
     dict[str, torch.Tensor]
         ``(d_l, d_l)`` tensors on the weights' device, detached.
+
+    Raises
+    ------
+    LayerSelectionError
+        A selected layer without a weight matrix its adapter can read (an activation, a
+        transposed convolution, ``nn.Bilinear``), or a selection that matches nothing.
     """
     selected = select_layers(model, layers)
     result: dict[str, torch.Tensor] = {}
     for name, module in selected.items():
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.ndim < 2:
-            raise LayerSelectionError(
-                f"layer {name!r} ({type(module).__name__}) has no weight matrix; the NFM "
-                "W^T W is defined for nn.Linear (and convolution) layers"
-            )
-        w = weight.detach().reshape(weight.shape[0], -1)
+        w = adapter_for(module).weight_matrix(module, name)
         if dtype is not None:
             w = w.to(dtype)
         result[name] = w.T @ w

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from nfm.exceptions import LayerSelectionError
-from nfm.models.selection import layer_feature_count
+from nfm.models.adapters import layer_feature_count
 
 __all__ = ["LayerInputPerturbation"]
 
@@ -26,8 +26,10 @@ class LayerInputPerturbation:
     Registered on enter, removed on exit (also on error). While ``active`` is False the hooks
     do nothing. ``deltas`` maps layer name -> the zero tensor added in the current forward pass.
     Forward hooks also keep each layer's output while ``keep_outputs`` is set (to find layers
-    whose output is the model output), and pre-hooks on every layer declaring ``in_features``
-    record the last one entered (for error messages).
+    whose output is the model output), and pre-hooks on every layer that declares its input
+    feature count (``in_features``, ``in_channels``, ...: see
+    :func:`~nfm.models.adapters.layer_feature_count`) record the last one entered (for error
+    messages).
     """
 
     def __init__(self, model: nn.Module, layers: Mapping[str, nn.Module]) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from nfm.exceptions import LayerSelectionError
 
-__all__ = ["INPUT_KEY", "LayerSpec", "layer_feature_count", "select_layers"]
+__all__ = ["INPUT_KEY", "LayerSpec", "select_layers"]
 
 #: Key of the AGOP taken with respect to the model input itself.
 INPUT_KEY = "input"
@@ -127,16 +127,3 @@ def select_layers(
             selected.setdefault(name, module)
     order = {name: i for i, (name, _) in enumerate(named)}
     return dict(sorted(selected.items(), key=lambda item: order[item[0]]))
-
-
-def layer_feature_count(module: nn.Module) -> int | None:
-    """Number of input features a layer expects, when the module declares it.
-
-    ``in_features`` for linear layers, ``in_channels`` for convolutions, ``None`` otherwise.
-    Used to write error messages that say what a layer expected.
-    """
-    for attribute in ("in_features", "in_channels"):
-        value = getattr(module, attribute, None)
-        if isinstance(value, int):
-            return value
-    return None
