@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,7 @@ from nfm.ansatz import (
     nfa_report,
     output_layer_names,
 )
-from nfm.exceptions import NFMInputError
+from nfm.exceptions import NFMInputError, NumericalWarning
 from nfm.features import compute_agop, compute_nfm
 from nfm.linalg import matrix_correlation, symmetric_matrix_power
 
@@ -29,8 +31,27 @@ def psd(d, seed, rank=None):
 
 
 def mlp(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 6), nn.ReLU(), nn.Linear(6, 3))
+    with torch.random.fork_rng():  # the global generator is left as it was
+        torch.manual_seed(seed)
+        return nn.Sequential(
+            nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 6), nn.ReLU(), nn.Linear(6, 3)
+        )
+
+
+def reference_power(a, alpha):
+    """A^alpha with numpy's eigh, eigenvalues clipped at 0: plain float64."""
+    values, vectors = np.linalg.eigh(0.5 * (a + a.T))
+    return (vectors * np.clip(values, 0, None) ** alpha) @ vectors.T
+
+
+def reference_nfa(n, a, alpha, kind="pearson", exclude_diagonal=False):
+    """The NFA correlation written out in numpy, without the engine's clamp to [-1, 1]."""
+    powered = reference_power(a, alpha)
+    keep = ~np.eye(n.shape[0], dtype=bool) if exclude_diagonal else np.ones(n.shape, bool)
+    u, v = n[keep], powered[keep]
+    if kind == "pearson":
+        u, v = u - u.mean(), v - v.mean()
+    return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
 
 
 def test_correlation_is_linalg_correlation_of_the_power():
@@ -55,12 +76,11 @@ def test_correlation_is_linalg_correlation_of_the_power():
     kind=st.sampled_from(["pearson", "cosine"]),
     diag=st.booleans(),
 )
-def test_correlation_range_symmetry_and_scale_invariance(d, seed, alpha, s, t, kind, diag):
+def test_correlation_reference_symmetry_and_scale_invariance(d, seed, alpha, s, t, kind, diag):
     n, a = psd(d, seed), psd(d, seed + 1)
     rho = nfa_correlation(n, a, alpha=alpha, kind=kind, exclude_diagonal=diag)
-    if np.isnan(rho):
-        return
-    assert -1.0 <= rho <= 1.0
+    # an independent float64 computation; full-rank PSD pairs never give an undefined value
+    assert rho == pytest.approx(reference_nfa(n, a, alpha, kind, diag), abs=1e-10)
     scaled = nfa_correlation(s * n, t * a, alpha=alpha, kind=kind, exclude_diagonal=diag)
     assert scaled == pytest.approx(rho, abs=1e-9)
     # alpha = 1: symmetric in its two arguments
@@ -73,21 +93,25 @@ def test_correlation_range_symmetry_and_scale_invariance(d, seed, alpha, s, t, k
 @pytest.mark.parametrize("true_alpha", [0.3, 0.5, 0.8, 1.6])
 def test_fit_alpha_recovers_the_power(true_alpha):
     a = psd(8, 3)
-    n = symmetric_matrix_power(a, true_alpha)
+    n = reference_power(a, true_alpha)
     alpha, corr = fit_alpha(n, a)
     assert alpha == pytest.approx(true_alpha, rel=2e-3)
-    assert corr == pytest.approx(1.0, abs=1e-8)
-    assert corr >= max(nfa_correlation(n, a, alpha=x) for x in (0.05, 0.5, 1.0, 2.0)) - 1e-12
+    # the unclamped correlation at the fitted power, computed independently
+    assert corr == pytest.approx(reference_nfa(n, a, alpha), abs=1e-12)
+    assert reference_nfa(n, a, alpha) == pytest.approx(1.0, abs=1e-8)
 
 
 def test_fit_alpha_agrees_with_nfa_correlation_at_its_optimum():
     n, a = psd(6, 10), psd(6, 11)
     for kind in ("pearson", "cosine"):
         alpha, corr = fit_alpha(n, a, kind=kind, exclude_diagonal=True, bounds=(0.1, 1.5))
-        assert 0.1 <= alpha <= 1.5
         assert corr == pytest.approx(
             nfa_correlation(n, a, alpha=alpha, kind=kind, exclude_diagonal=True), abs=1e-12
         )
+        # the maximum over a fine grid of the bounds, computed independently, is not higher
+        grid = np.linspace(0.1, 1.5, 561)
+        best = max(reference_nfa(n, a, x, kind, True) for x in grid)
+        assert corr >= best - 1e-9
 
 
 def test_fit_alpha_undefined_and_bad_bounds():
@@ -99,6 +123,36 @@ def test_fit_alpha_undefined_and_bad_bounds():
         nfa_correlation(np.eye(3), np.eye(4))
     with pytest.raises(NFMInputError, match="square"):
         nfa_correlation(np.ones((2, 3)), np.ones((2, 3)))
+
+
+def test_indefinite_agop_warns_and_names_the_argument():
+    q, _ = np.linalg.qr(np.random.default_rng(2).normal(size=(4, 4)))
+    indefinite = (q * np.array([-1.0, 1.0, 2.0, 3.0])) @ q.T
+    with pytest.warns(NumericalWarning, match="agop_matrix is not positive semi-definite"):
+        nfa_correlation(psd(4, 0), indefinite)
+    with pytest.warns(NumericalWarning, match="agop_matrix is not positive semi-definite"):
+        fit_alpha(psd(4, 0), indefinite)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_real_float32_agops_do_not_warn(centered):
+    """AGOPs are PSD by construction: their float32 rounding must not trigger the warning."""
+    from nfm.tracking import NFATracker
+    from nfm.training import make_mlp
+
+    model = make_mlp(30, [24, 12], 5, activation="gelu", seed=3)  # float32
+    generator = torch.Generator().manual_seed(4)
+    # inputs in a 10-dimensional subspace: the input-layer AGOP has 20 zero eigenvalues
+    x = torch.randn(600, 10, generator=generator) @ torch.randn(10, 30, generator=generator)
+    # centred, the head's AGOP is exactly zero (its Jacobian is constant): what is computed is
+    # rounding noise of both signs, to be judged against the uncentred AGOP's size
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NumericalWarning)
+        report = nfa_report(model, x, centered=centered, alphas=(0.0, 0.5, 1.0))
+        NFATracker(model, x, centered=centered, alphas=(0.0, 0.5, 1.0)).record(0)
+    assert [row["layer"] for row in report.rows] == ["fc1", "fc2", "out"]
+    if centered:  # the projector onto the range of a zero matrix is zero
+        assert np.isnan(report.rows[-1]["pearson_a0"])
 
 
 class SqueezedHead(nn.Module):
@@ -140,7 +194,12 @@ def test_report_rows_and_by_construction():
     assert [row["by_construction"] for row in report.rows] == [False, False, True]
     assert [row["d"] for row in report.rows] == [5, 7, 6]
     last = report.rows[-1]
-    assert last[correlation_column("pearson", 1.0, False)] == pytest.approx(1.0, abs=1e-6)
+    # the flag's claim, checked directly: the head's AGOP is W^T W
+    head = model[4].weight.detach().double().numpy()
+    np.testing.assert_allclose(report.agop["4"], head.T @ head, rtol=1e-5, atol=1e-7)
+    assert last[correlation_column("pearson", 1.0, False)] == pytest.approx(
+        reference_nfa(head.T @ head, report.agop["4"].astype(np.float64), 1.0), abs=1e-12
+    )
     assert last["best_alpha"] == pytest.approx(1.0, rel=1e-2)
     assert set(report.agop) == set(report.nfm) == {"0", "2", "4"}
     assert isinstance(report.agop["0"], np.ndarray)

@@ -6,6 +6,7 @@ import base64
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from matplotlib import pyplot as plt
@@ -74,6 +75,26 @@ def test_html_is_self_contained_and_json_has_the_metrics(tmp_path, figures):
     assert payload["environment"]["nfm_version"] == nfm.__version__
     assert payload["figures"] == {"line": "line.png", "image": "image.png"}
     assert TrackingHistory.load(files.history).layers == ["fc1", "out"]
+
+
+def test_json_files_are_strict_json_with_plain_values(tmp_path):
+    def reject(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    files = write_report(
+        tmp_path,
+        figures={},
+        nfa_rows=[{"layer": "fc1", "pearson_a0.5": np.float32(0.25)}],
+        metrics={"curve": np.array([0.5, np.nan]), "best": torch.tensor(0.75)},
+        settings={"data": tmp_path / "x.npz", "alphas": (0.5, 1.0)},
+    )
+    payload = json.loads(files.metrics_json.read_text(), parse_constant=reject)
+    assert payload["metrics"] == {"curve": [0.5, None], "best": 0.75}
+    assert payload["nfa"][0]["pearson_a0.5"] == 0.25
+    assert payload["settings"] == {"data": str(tmp_path / "x.npz"), "alphas": [0.5, 1.0]}
+    environment = payload["environment"]
+    assert environment["versions"]["torch"] == torch.__version__
+    assert environment["cores"] >= 1 and isinstance(environment["cpu"], str)
 
 
 def test_report_without_history(tmp_path, figures):

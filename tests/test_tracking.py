@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from reference_agop import reference_agop
 from torch import nn
 
+from nfm.ansatz import nfa_report
 from nfm.exceptions import NFMInputError
 from nfm.tracking import NFATracker, TrackingHistory, as_history, parse_nfa_column
 from nfm.training import make_mlp, train_classifier
@@ -29,7 +31,8 @@ def reference_pearson(nfm: np.ndarray, agop: np.ndarray, alpha: float) -> float:
     """Pearson correlation of vec(NFM) and vec(AGOP^alpha) in float64 with numpy."""
     values, vectors = np.linalg.eigh(0.5 * (agop + agop.T))
     powered = (vectors * np.clip(values, 0, None) ** alpha) @ vectors.T
-    return float(np.corrcoef(nfm.ravel(), powered.ravel())[0, 1])
+    u, v = nfm.ravel() - nfm.mean(), powered.ravel() - powered.mean()
+    return float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))  # unclamped, unlike corrcoef
 
 
 def reference_cosine_offdiag(nfm: np.ndarray, agop: np.ndarray, alpha: float) -> float:
@@ -116,6 +119,53 @@ def test_model_left_unchanged(model, probe):
         assert not module._forward_pre_hooks and not module._forward_hooks
 
 
+def _mixed_mode_model() -> nn.Sequential:
+    """Training mode with a frozen batch norm and dropout and a frozen weight."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Linear(6, 8),
+            nn.BatchNorm1d(8),  # frozen
+            nn.Tanh(),
+            nn.Dropout(0.5),  # frozen
+            nn.Linear(8, 8),  # weight with requires_grad=False
+            nn.BatchNorm1d(8),  # trains
+            nn.Dropout(0.5),  # trains
+            nn.Linear(8, 3),
+        )
+    model.train()
+    model[1].eval()
+    model[3].eval()
+    model[4].weight.requires_grad_(False)
+    return model
+
+
+def _modes_and_flags(model: nn.Module) -> tuple[list[bool], list[bool]]:
+    return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
+
+
+@pytest.mark.filterwarnings("ignore:module .* is in training mode")
+def test_record_restores_every_module_mode(probe):
+    model = _mixed_mode_model()
+    before = _modes_and_flags(model)
+    assert True in before[0] and False in before[0] and False in before[1]
+    rows = NFATracker(model, probe).record(0)
+    assert [r["layer"] for r in rows] == ["0", "4", "7"]
+    assert _modes_and_flags(model) == before
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.filterwarnings("ignore:module .* is in training mode")
+def test_record_restores_every_module_mode_on_error():
+    model = _mixed_mode_model()
+    before = _modes_and_flags(model)
+    bad_probe = torch.randn(10, 5)  # the first layer expects 6 features: the model raises
+    with pytest.raises(NFMInputError, match="expects in_features=6"):
+        NFATracker(model, bad_probe).record(0)
+    assert _modes_and_flags(model) == before
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
 def test_bad_arguments(model, probe):
     with pytest.raises(NFMInputError, match="kinds"):
         NFATracker(model, probe, kinds=("spearman",))
@@ -125,6 +175,29 @@ def test_bad_arguments(model, probe):
         NFATracker(model, probe, every=0)
     with pytest.raises(NFMInputError, match="reserved"):
         NFATracker(model, probe).record(0, agop_trace=1.0)
+    with pytest.raises(NFMInputError, match=r"unknown keyword argument\(s\) for NFATracker"):
+        NFATracker(model, probe, chunksize=8)  # caught when the tracker is made, not later
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_record_agrees_with_nfa_report(model, probe, centered):
+    rows = NFATracker(
+        model, probe, alphas=(0.5, 1.0), kinds=("pearson", "cosine"), centered=centered
+    ).record(0)
+    report = nfa_report(
+        model,
+        probe,
+        alphas=(0.5, 1.0),
+        kinds=("pearson", "cosine"),
+        exclude_diagonal=False,
+        fit_best_alpha=False,
+        centered=centered,
+    )
+    assert [r["layer"] for r in rows] == [r["layer"] for r in report.rows]
+    for row, expected in zip(rows, report.rows, strict=True):
+        assert row["by_construction"] == expected["by_construction"]
+        for column in ("pearson_a0.5", "pearson_a1", "cosine_a0.5", "cosine_a1", "agop_trace"):
+            assert row[column] == pytest.approx(expected[column], abs=1e-12, nan_ok=True)
 
 
 def _same(a, b) -> bool:
@@ -155,6 +228,22 @@ def test_save_load_round_trip(model, probe, tmp_path, suffix):
     assert loaded.steps == [0, 1]
     assert loaded.metric_columns == ["loss", "test_accuracy", "phase"]
     assert loaded.nfa_columns == tracker.nfa_columns
+
+
+def test_json_history_is_strict_json_and_keeps_infinities(tmp_path):
+    def reject(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    history = TrackingHistory(
+        rows=[{"step": np.int64(0), "layer": "a", "x": float("inf"), "y": np.float32(0.5)}],
+        settings={"alphas": [0.5, float("nan")], "count": np.int64(2)},
+    )
+    path = history.save(tmp_path / "history.json")
+    saved = json.loads(path.read_text(), parse_constant=reject)
+    assert saved["settings"] == {"alphas": [0.5, None], "count": 2}
+    assert saved["rows"] == [{"step": 0, "layer": "a", "x": "inf", "y": 0.5}]
+    back = TrackingHistory.load(path).rows[0]
+    assert back["x"] == float("inf") and back["step"] == 0 and back["y"] == 0.5
 
 
 def test_load_rejects_other_files(tmp_path):

@@ -1,4 +1,8 @@
-"""Validators shared by the public functions: one square / symmetric-PSD check for the package."""
+"""Validators shared by the public functions: the one square-matrix check of the package.
+
+Positive semi-definiteness is judged where the eigenvalues are computed anyway, by
+:func:`nfm.linalg.psd_eigh` (a warning, since rounding makes PSD matrices slightly indefinite).
+"""
 
 from __future__ import annotations
 

@@ -17,10 +17,24 @@ import torch
 from scipy.optimize import minimize_scalar
 
 from nfm._utils.arrays import to_tensor
+from nfm._utils.validation import check_square
 from nfm.exceptions import NFMInputError
-from nfm.linalg import CorrelationKind, matrix_correlation, symmetric_matrix_power
+from nfm.linalg import (
+    CorrelationKind,
+    PSDEigh,
+    matrix_correlation,
+    power_from_eigh,
+    psd_eigh,
+    symmetric_matrix_power,
+)
 
-__all__ = ["correlation_column", "fit_alpha", "nfa_correlation"]
+__all__ = [
+    "check_fit_settings",
+    "correlation_column",
+    "fit_alpha",
+    "fit_alpha_from_eigh",
+    "nfa_correlation",
+]
 
 
 def nfa_correlation(
@@ -54,16 +68,20 @@ def nfa_correlation(
     float in [-1, 1]; ``nan`` when a matrix is constant (Pearson) or zero.
     """
     nfm_t, agop_t = _pair(nfm_matrix, agop_matrix)
-    powered = symmetric_matrix_power(agop_t, float(alpha))
+    powered = symmetric_matrix_power(agop_t, float(alpha), dtype=torch.float64, name="agop_matrix")
     return matrix_correlation(nfm_t, powered, kind=kind, exclude_diagonal=exclude_diagonal)
 
 
 def _pair(nfm_matrix: Any, agop_matrix: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two matrices on the CPU, checked square and of one shape.
+
+    The AGOP keeps its dtype: the float64 power is taken with the rounding tolerance of the
+    precision it was computed in (:func:`nfm.linalg.psd_eigh`).
+    """
     nfm_t = to_tensor(nfm_matrix, "nfm_matrix").detach().to("cpu", torch.float64)
-    agop_t = to_tensor(agop_matrix, "agop_matrix").detach().to("cpu", torch.float64)
-    for name, t in (("nfm_matrix", nfm_t), ("agop_matrix", agop_t)):
-        if t.ndim != 2 or t.shape[0] != t.shape[1]:
-            raise NFMInputError(f"{name} must be a square matrix; got shape {tuple(t.shape)}")
+    agop_t = to_tensor(agop_matrix, "agop_matrix").detach().to("cpu")
+    check_square(nfm_t, "nfm_matrix")
+    check_square(agop_t, "agop_matrix")
     if nfm_t.shape != agop_t.shape:
         raise NFMInputError(
             f"nfm_matrix and agop_matrix must have the same shape; got {tuple(nfm_t.shape)} "
@@ -83,9 +101,10 @@ def fit_alpha(
 ) -> tuple[float, float]:
     r"""The power :math:`\alpha` in ``bounds`` that maximises :func:`nfa_correlation`.
 
-    The AGOP is eigendecomposed once, :math:`A = U \Lambda U^T`; each candidate power is
-    :math:`U \max(\Lambda, 0)^\alpha U^T` (the same clamped convention as
-    :func:`nfm.linalg.symmetric_matrix_power`, without re-decomposing). The correlation is
+    The AGOP is eigendecomposed once, :math:`A = U \Lambda U^T` (:func:`nfm.linalg.psd_eigh`);
+    each candidate power is :math:`U \max(\Lambda, 0)^\alpha U^T`
+    (:func:`nfm.linalg.power_from_eigh`, the rule of :func:`nfm.linalg.symmetric_matrix_power`,
+    without re-decomposing). The correlation is
     evaluated on a log-spaced grid of ``grid_size`` powers (plus 1/2 and 1), then refined by
     bounded scalar minimisation (scipy) between the grid neighbours of the best point.
 
@@ -94,19 +113,39 @@ def fit_alpha(
     (alpha, correlation) : tuple of float
         ``(nan, nan)`` when the correlation is undefined for every power.
     """
+    check_fit_settings(bounds, grid_size)
+    nfm_t, agop_t = _pair(nfm_matrix, agop_matrix)
+    eig = psd_eigh(agop_t, name="agop_matrix", dtype=torch.float64)
+    return fit_alpha_from_eigh(
+        nfm_t, eig, kind=kind, exclude_diagonal=exclude_diagonal, bounds=bounds, grid_size=grid_size
+    )
+
+
+def check_fit_settings(bounds: tuple[float, float], grid_size: int) -> tuple[float, float]:
+    """``(low, high)`` of valid :func:`fit_alpha` bounds; NFMInputError otherwise."""
     lo, hi = (float(b) for b in bounds)
     if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
         raise NFMInputError(f"bounds must be finite with 0 < low < high; got {bounds!r}")
     if grid_size < 3:
         raise NFMInputError(f"grid_size must be at least 3; got {grid_size!r}")
-    nfm_t, agop_t = _pair(nfm_matrix, agop_matrix)
-    eigvals, eigvecs = torch.linalg.eigh(0.5 * (agop_t + agop_t.T))
-    eigvals = eigvals.clamp(min=0)
+    return lo, hi
+
+
+def fit_alpha_from_eigh(
+    nfm_matrix: torch.Tensor,
+    eig: PSDEigh,
+    *,
+    kind: CorrelationKind = "pearson",
+    exclude_diagonal: bool = False,
+    bounds: tuple[float, float] = (0.05, 2.0),
+    grid_size: int = 25,
+) -> tuple[float, float]:
+    """:func:`fit_alpha` from the AGOP's :func:`nfm.linalg.psd_eigh` (a float64 NFM tensor)."""
+    lo, hi = check_fit_settings(bounds, grid_size)
 
     def correlation(alpha: float) -> float:
-        powered = (eigvecs * eigvals.pow(alpha)) @ eigvecs.T
         return matrix_correlation(
-            nfm_t, 0.5 * (powered + powered.T), kind=kind, exclude_diagonal=exclude_diagonal
+            nfm_matrix, power_from_eigh(eig, alpha), kind=kind, exclude_diagonal=exclude_diagonal
         )
 
     # log-spaced grid, plus the powers in use in the literature (1/2, 1) when inside the bounds

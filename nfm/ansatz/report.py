@@ -15,18 +15,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from nfm._utils.arrays import restore_kind, to_tensor
-from nfm.ansatz.correlation import correlation_column, fit_alpha, nfa_correlation
+from nfm._utils.arrays import ArrayKind, restore_kind, to_tensor
+from nfm.ansatz.correlation import check_fit_settings, correlation_column, fit_alpha_from_eigh
 from nfm.exceptions import NFMInputError
 from nfm.features.agop import run_agop_pass
 from nfm.features.jacobians import is_same_tensor
 from nfm.features.nfm import compute_nfm
 from nfm.features.outputs import OutputSpec
-from nfm.linalg import CorrelationKind
+from nfm.linalg import CorrelationKind, matrix_correlation, power_from_eigh, psd_eigh
 from nfm.models.selection import LayerSpec, select_layers
 from nfm.models.state import ModelState
 
-__all__ = ["NFAReport", "nfa_report", "output_layer_names"]
+__all__ = [
+    "AGOP_OPTIONS",
+    "LayerAGOPs",
+    "NFAReport",
+    "layer_agops",
+    "nfa_report",
+    "output_layer_names",
+]
 
 
 def output_layer_names(
@@ -76,6 +83,93 @@ def output_layer_names(
     }
 
 
+AGOP_OPTIONS = (
+    "include_input",
+    "outputs",
+    "centered",
+    "dtype",
+    "chunk_size",
+    "batch_size",
+    "output_chunk_size",
+    "vectorize",
+    "check_independence",
+    "verbose",
+)
+"""The keyword arguments of :func:`nfm.features.compute_agop` that :func:`layer_agops` takes."""
+
+
+@dataclass
+class LayerAGOPs:
+    r"""The AGOPs of one pass, with what the NFA code needs to judge them.
+
+    Attributes
+    ----------
+    agops : dict[str, torch.Tensor]
+        The (centred) AGOP of each layer, in the compute dtype, on the model's device.
+    rounding_scales : dict[str, float]
+        For a centred AGOP :math:`S/m - \bar J^T \bar J`, the Frobenius norm of the
+        uncentred :math:`S/m`, which its rounding errors are relative to (see
+        :func:`nfm.linalg.psd_eigh`); empty for uncentred AGOPs.
+    output_layers : set of str
+        Layers whose output is the model output (AGOP = NFM by construction).
+    kind : {"numpy", "torch"}
+        What the data was, for returning arrays of the same kind.
+    """
+
+    agops: dict[str, torch.Tensor]
+    rounding_scales: dict[str, float]
+    output_layers: set[str]
+    kind: ArrayKind
+
+
+def layer_agops(
+    model: nn.Module,
+    data: Any,
+    *,
+    layers: LayerSpec | Sequence[LayerSpec] | None,
+    outputs: OutputSpec = None,
+    centered: bool = False,
+    caller: str = "nfa_report",
+    **agop_kwargs: Any,
+) -> LayerAGOPs:
+    """One AGOP pass over ``data`` for the selected layers (no input AGOP).
+
+    ``agop_kwargs`` are those of :func:`nfm.features.compute_agop` (``dtype``, ``chunk_size``
+    or its alias ``batch_size``, ``output_chunk_size``, ``vectorize``, ``check_independence``,
+    ``verbose``); any other name is an error naming ``caller``.
+    """
+    agop_kwargs = dict(agop_kwargs)
+    agop_kwargs.pop("include_input", None)
+    chunk_size = agop_kwargs.pop("chunk_size", 256)
+    batch_size = agop_kwargs.pop("batch_size", None)
+    if batch_size is not None:
+        chunk_size = batch_size
+    settings = {
+        "dtype": agop_kwargs.pop("dtype", None),
+        "output_chunk_size": agop_kwargs.pop("output_chunk_size", None),
+        "vectorize": agop_kwargs.pop("vectorize", True),
+        "check_independence": agop_kwargs.pop("check_independence", True),
+        "verbose": agop_kwargs.pop("verbose", False),
+    }
+    if agop_kwargs:
+        raise NFMInputError(f"unknown keyword argument(s) for {caller}: {sorted(agop_kwargs)}")
+    acc, kind, run = run_agop_pass(
+        model,
+        data,
+        layers=layers,
+        include_input=False,
+        outputs=outputs,
+        chunk_size=chunk_size,
+        **settings,
+    )
+    agops = acc.result(centered=centered, dtype=run.dtype)
+    scales: dict[str, float] = {}
+    if centered:
+        uncentered = acc.result(centered=False)
+        scales = {key: float(torch.linalg.matrix_norm(value)) for key, value in uncentered.items()}
+    return LayerAGOPs(agops, scales, set(run.output_layers), kind)
+
+
 @dataclass
 class NFAReport:
     """Per-layer NFA correlations: ``rows`` (one dict per layer), the NFMs and the AGOPs.
@@ -123,12 +217,14 @@ def nfa_report(
     centered: bool = False,
     **agop_kwargs: Any,
 ) -> NFAReport:
-    """NFA correlation of every selected layer, as a table.
+    r"""NFA correlation of every selected layer, as a table.
 
-    Computes the NFMs (:func:`nfm.features.compute_nfm`) and the AGOPs
-    (:func:`nfm.features.compute_agop`, one pass; ``agop_kwargs`` go there) and correlates them
-    for every combination of ``alphas``, ``kinds`` and ``exclude_diagonal``. Layers whose
-    output is the model output are flagged ``by_construction`` (detected during the AGOP pass).
+    Computes the NFMs (:func:`nfm.features.compute_nfm`) and the AGOPs (one pass, as
+    :func:`nfm.features.compute_agop`; ``agop_kwargs`` go there) and correlates them for every
+    combination of ``alphas``, ``kinds`` and ``exclude_diagonal``
+    (:math:`\rho(\mathrm{NFM}_l, \mathrm{AGOP}_l^\alpha)`, :func:`nfa_correlation`; each AGOP
+    is eigendecomposed once, in float64). Layers whose output is the model output are flagged
+    ``by_construction`` (detected during the AGOP pass).
 
     Returns
     -------
@@ -144,28 +240,14 @@ def nfa_report(
     for kind in kinds:
         if kind not in ("pearson", "cosine"):
             raise NFMInputError(f"kinds must hold 'pearson' or 'cosine'; got {kind!r}")
+    if fit_best_alpha:
+        check_fit_settings(alpha_bounds, 25)
     nfms = compute_nfm(model, layers)
-    agop_kwargs.pop("include_input", None)
-    chunk_size = agop_kwargs.pop("chunk_size", 256)
-    batch_size = agop_kwargs.pop("batch_size", None)
-    if batch_size is not None:
-        chunk_size = batch_size
-    acc, kind_of_data, run = run_agop_pass(
-        model,
-        data,
-        layers=list(nfms),
-        include_input=False,
-        outputs=outputs,
-        dtype=agop_kwargs.pop("dtype", None),
-        chunk_size=chunk_size,
-        output_chunk_size=agop_kwargs.pop("output_chunk_size", None),
-        vectorize=agop_kwargs.pop("vectorize", True),
-        check_independence=agop_kwargs.pop("check_independence", True),
-        verbose=agop_kwargs.pop("verbose", False),
+    pass_result = layer_agops(
+        model, data, layers=list(nfms), outputs=outputs, centered=centered, **agop_kwargs
     )
-    if agop_kwargs:
-        raise NFMInputError(f"unknown keyword argument(s) for nfa_report: {sorted(agop_kwargs)}")
-    agops = acc.result(centered=centered, dtype=run.dtype)
+    agops = pass_result.agops
+    identity_holds = outputs is None and not centered  # AGOP = NFM at an output layer
     columns = ["layer", "d", "by_construction"]
     columns += [correlation_column(k, a, d) for k in kinds for a in alphas for d in diags]
     if fit_best_alpha:
@@ -174,27 +256,36 @@ def nfa_report(
     rows: list[dict[str, Any]] = []
     for name, nfm_matrix in nfms.items():
         agop_matrix = agops[name]
+        nfm64 = nfm_matrix.detach().to("cpu", torch.float64)
+        # one eigendecomposition per layer, in float64, judged at the AGOP's own precision
+        eig = psd_eigh(
+            agop_matrix.detach().to("cpu"),
+            name=f"the AGOP of layer {name!r}",
+            dtype=torch.float64,
+            scale=pass_result.rounding_scales.get(name),
+        )
         row: dict[str, Any] = {
             "layer": name,
             "d": int(nfm_matrix.shape[0]),
-            "by_construction": name in run.output_layers and outputs is None and not centered,
+            "by_construction": identity_holds and name in pass_result.output_layers,
         }
+        powers = {a: power_from_eigh(eig, a) for a in alphas}
         for k in kinds:
             for a in alphas:
                 for d in diags:
-                    row[correlation_column(k, a, d)] = nfa_correlation(
-                        nfm_matrix, agop_matrix, alpha=a, kind=k, exclude_diagonal=d
+                    row[correlation_column(k, a, d)] = matrix_correlation(
+                        nfm64, powers[a], kind=k, exclude_diagonal=d
                     )
         if fit_best_alpha:
-            row["best_alpha"], row["best_corr"] = fit_alpha(
-                nfm_matrix,
-                agop_matrix,
+            row["best_alpha"], row["best_corr"] = fit_alpha_from_eigh(
+                nfm64,
+                eig,
                 kind=kinds[0],
                 exclude_diagonal=diags[0],
                 bounds=alpha_bounds,
             )
-        row["nfm_trace"] = float(torch.trace(nfm_matrix.double()))
+        row["nfm_trace"] = float(torch.trace(nfm64))
         row["agop_trace"] = float(torch.trace(agop_matrix.double()))
         rows.append(row)
-    agop_out = {name: restore_kind(value, kind_of_data) for name, value in agops.items()}
+    agop_out = {name: restore_kind(value, pass_result.kind) for name, value in agops.items()}
     return NFAReport(rows=rows, nfm=nfms, agop=agop_out, columns=columns)

@@ -10,14 +10,12 @@ import csv
 import json
 import logging
 import math
-import os
-import platform
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from nfm._utils.env import machine_info
 from nfm.grokking.data import modular_arithmetic_dataset
 from nfm.grokking.kernel import (
     KernelGrokkingResult,
@@ -41,30 +39,6 @@ __all__ = [
 ]
 
 THRESHOLDS: tuple[float, ...] = (0.5, 0.9, 0.99)
-
-
-def machine_info() -> dict[str, Any]:
-    """Machine description for result files: ``uname``, CPU model, core count, date (UTC)."""
-    cpu_model = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import torch
-
-    return {
-        "uname": " ".join(platform.uname()),
-        "cpu_model": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
 
 
 def _clean(value: Any) -> Any:
@@ -291,8 +265,8 @@ def run_kernel_suite(
         write_markdown_table(
             rows,
             out / "kernel_summary.md",
-            header=f"Kernel grokking (RFM), {info['date_utc']}, {info['cpu_model']}, "
-            f"{info['cpu_count']} cores",
+            header=f"Kernel grokking (RFM), {info['date_utc']}, {info['cpu']}, "
+            f"{info['cores']} cores",
         )
     return rows
 
@@ -342,7 +316,6 @@ def run_neural_experiment(
         write_markdown_table(
             [row],
             out / "neural_summary.md",
-            header=f"Neural grokking, {info['date_utc']}, {info['cpu_model']}, "
-            f"{info['cpu_count']} cores",
+            header=f"Neural grokking, {info['date_utc']}, {info['cpu']}, {info['cores']} cores",
         )
     return row

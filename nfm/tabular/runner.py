@@ -16,20 +16,17 @@ import hashlib
 import json
 import logging
 import math
-import os
-import platform
-import subprocess
 import time
 import traceback
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nfm._utils.env import machine_info as shared_machine_info
 from nfm.tabular import datasets as ds
 from nfm.tabular import methods as mt
 from nfm.tabular import protocol as pr
@@ -95,42 +92,19 @@ class BenchmarkConfig:
 
 
 def machine_info() -> dict[str, Any]:
-    """Machine description: ``uname -a``, CPU model, core count, date (UTC), library versions."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        uname = subprocess.run(["uname", "-a"], capture_output=True, text=True, check=False)
-        uname_text = uname.stdout.strip()
-    except OSError:
-        uname_text = " ".join(platform.uname())
-    versions = {}
-    for package in ["nfm", "numpy", "torch", "sklearn", "xrfm", "xgboost", "lightgbm", "catboost"]:
-        try:
-            module = __import__(package)
-            versions[package] = getattr(module, "__version__", "?")
-        except ImportError:
-            versions[package] = None
+    """The shared machine description plus the benchmarked libraries and the nfm source hashes.
+
+    See :func:`nfm._utils.env.machine_info`; ``nfm_sources_sha256`` hashes the nfm files the
+    results depend on.
+    """
     sources = {}
     root = Path(__file__).resolve().parent.parent
     for name in ("rfm.py", "solvers.py", "kernels.py", "model_selection.py"):
         path = root / name
         if path.exists():
             sources[name] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return {
-        "nfm_sources_sha256": sources,
-        "uname": uname_text,
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "python": platform.python_version(),
-        "versions": versions,
-    }
+    info = shared_machine_info(packages=["sklearn", "xrfm", "xgboost", "lightgbm", "catboost"])
+    return {"nfm_sources_sha256": sources, **info}
 
 
 @functools.lru_cache(maxsize=4)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from nfm._utils.io import json_ready
 from nfm.exceptions import NFMInputError
 
 __all__ = ["TrackingHistory", "as_history", "is_nfa_column", "parse_nfa_column"]
@@ -56,19 +57,6 @@ def parse_nfa_column(column: str) -> tuple[str, float, bool]:
             f"{column!r} is not an NFA correlation column (<pearson|cosine>_a<alpha>[_offdiag])"
         )
     return match.group(1), float(match.group(2)), match.group(3) is not None
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, (torch.Tensor,)):
-        return _json_safe(value.item()) if value.numel() == 1 else value.tolist()
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        try:
-            return _json_safe(value.item())
-        except (TypeError, ValueError):
-            return str(value)
-    return value
 
 
 def _from_json(value: Any) -> Any:
@@ -191,8 +179,9 @@ class TrackingHistory:
     def save(self, path: str | Path) -> Path:
         """Write the history to ``path``: ``.csv`` as CSV, anything else as JSON.
 
-        JSON keeps the settings and every value type (NaN is written as ``null``); CSV keeps
-        the rows only. :meth:`load` reads both back.
+        JSON keeps the settings and every value type (NaN is written as ``null``, infinities as
+        ``"inf"`` / ``"-inf"``; numpy and torch numbers as plain numbers); CSV keeps the rows
+        only. :meth:`load` reads both back.
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,10 +201,10 @@ class TrackingHistory:
             payload = {
                 "format": _FORMAT,
                 "version": _FORMAT_VERSION,
-                "settings": {k: _json_safe(v) for k, v in self.settings.items()},
-                "rows": [{k: _json_safe(v) for k, v in row.items()} for row in self.rows],
+                "settings": json_ready(self.settings, infinity="string"),
+                "rows": json_ready(self.rows, infinity="string"),
             }
-            path.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+            path.write_text(json.dumps(payload, indent=1, allow_nan=False), encoding="utf-8")
         return path
 
     @classmethod

@@ -27,25 +27,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from nfm.ansatz import correlation_column, output_layer_names
+from nfm.ansatz.correlation import correlation_column
+from nfm.ansatz.report import AGOP_OPTIONS, layer_agops
 from nfm.exceptions import NFMInputError
-from nfm.features import compute_agop, compute_nfm
-from nfm.linalg import matrix_correlation, symmetric_matrix_power
+from nfm.features import compute_nfm
+from nfm.linalg import matrix_correlation, power_from_eigh, psd_eigh
+from nfm.models.state import ModelState
 from nfm.tracking.history import RESERVED_COLUMNS, TrackingHistory, is_nfa_column, plain_value
 
 __all__ = ["NFATracker"]
-
-
-def _example_input(probe_data: Any) -> Any:
-    """A small batch taken from the probe data, for :func:`nfm.ansatz.output_layer_names`."""
-    if isinstance(probe_data, torch.Tensor):
-        return probe_data[:2]
-    if hasattr(probe_data, "shape") and hasattr(probe_data, "__getitem__"):
-        return torch.as_tensor(probe_data[:2])
-    batch = next(iter(probe_data))
-    if isinstance(batch, (tuple, list)):
-        batch = batch[0]
-    return torch.as_tensor(batch)[:2]
 
 
 class NFATracker:
@@ -61,8 +51,8 @@ class NFATracker:
 
     * ``<kind>_a<alpha>[_offdiag]`` (e.g. ``pearson_a0.5``) :
       :math:`\rho_{kind}(\mathrm{NFM}_l, \mathrm{AGOP}_l^{a})` for every combination of
-      ``alphas``, ``kinds`` and ``exclude_diagonal`` (matrix power by eigendecomposition,
-      eigenvalues clamped at 0);
+      ``alphas``, ``kinds`` and ``exclude_diagonal`` (matrix power by eigendecomposition in
+      float64, eigenvalues clamped at 0 as in :func:`nfm.linalg.symmetric_matrix_power`);
     * ``nfm_relative_change`` :
       :math:`\lVert \mathrm{NFM}_l(t) - \mathrm{NFM}_l(t_0)\rVert_F /
       \lVert \mathrm{NFM}_l(t_0)\rVert_F` with :math:`t_0` the first record;
@@ -73,8 +63,9 @@ class NFATracker:
       centred AGOP or a chosen subset of ``outputs``, where the identity does not hold);
     * ``nfm_trace`` : :math:`\mathrm{tr}\,\mathrm{NFM}_l = \lVert W_l\rVert_F^2`.
 
-    The model is left as it was found (training mode, parameters, ``requires_grad``; the AGOP
-    engine removes its hooks), also when a record raises.
+    The model is left as it was found, also when a record raises: every module's training mode
+    and every parameter's ``requires_grad`` flag (:class:`nfm.models.state.ModelState`), the
+    parameters, and no hooks (the AGOP engine removes its own).
 
     Parameters
     ----------
@@ -92,8 +83,10 @@ class NFATracker:
     every : int
         :meth:`record` skips steps that are not multiples of ``every`` (unless ``force``).
     **agop_kwargs
-        Passed on to :func:`nfm.features.compute_agop` (``centered``, ``dtype``, ``chunk_size``,
-        ``batch_size``, ...). ``include_input`` defaults to False here.
+        The options of :func:`nfm.features.compute_agop` (``outputs``, ``centered``, ``dtype``,
+        ``chunk_size`` or ``batch_size``, ``output_chunk_size``, ``vectorize``,
+        ``check_independence``, ``verbose``); ``include_input`` is ignored (the input has no
+        NFM). Any other name is an error.
     """
 
     def __init__(
@@ -121,6 +114,12 @@ class NFATracker:
             raise NFMInputError(f"kinds must be 'pearson' and/or 'cosine'; got {kinds!r}")
         if int(every) < 1:
             raise NFMInputError(f"every must be an integer >= 1; got {every!r}")
+        unknown = sorted(set(agop_kwargs) - set(AGOP_OPTIONS))
+        if unknown:
+            raise NFMInputError(
+                f"unknown keyword argument(s) for NFATracker: {unknown}; the AGOP options are "
+                f"{list(AGOP_OPTIONS)}"
+            )
         self.model = model
         self.probe_data = probe_data
         self.layers = layers
@@ -131,7 +130,6 @@ class NFATracker:
         self.agop_kwargs = {"include_input": False, **agop_kwargs}
         self._rows: list[dict[str, Any]] = []
         self._initial_nfm: dict[str, torch.Tensor] = {}
-        self._by_construction: set[str] | None = None
 
     # ------------------------------------------------------------------ settings / views
     @property
@@ -181,7 +179,6 @@ class NFATracker:
         """Forget all records and the reference NFM of the first record."""
         self._rows.clear()
         self._initial_nfm.clear()
-        self._by_construction = None
 
     def due(self, step: int) -> bool:
         """Whether :meth:`record` would record at ``step`` (``step % every == 0``)."""
@@ -215,41 +212,49 @@ class NFATracker:
             )
 
         model = self.model
-        was_training = model.training
-        try:
+        options = dict(self.agop_kwargs)
+        options.pop("include_input", None)  # the NFM has no input key
+        outputs = options.pop("outputs", None)
+        centered = bool(options.pop("centered", False))
+        # every module's mode and requires_grad flag come back as they were, also on error
+        with ModelState(model, mode=None):
             with torch.no_grad():
                 nfms = {
                     name: matrix.detach().to(device="cpu", dtype=torch.float64)
                     for name, matrix in compute_nfm(model, self.layers).items()
                 }
-            agops = compute_agop(model, self.probe_data, layers=self.layers, **self.agop_kwargs)
-            if self._by_construction is None:
-                identity_holds = self.agop_kwargs.get("outputs") is None and not bool(
-                    self.agop_kwargs.get("centered", False)
-                )
-                self._by_construction = (
-                    set(output_layer_names(model, _example_input(self.probe_data), self.layers))
-                    if identity_holds
-                    else set()
-                )
-        finally:
-            model.train(was_training)
+            agop_pass = layer_agops(
+                model,
+                self.probe_data,
+                layers=list(nfms),
+                outputs=outputs,
+                centered=centered,
+                caller="NFATracker",
+                **options,
+            )
+        # NFM = AGOP exactly at an output layer, for the plain AGOP of all outputs only
+        identity_holds = outputs is None and not centered
 
         new_rows = []
         for name, nfm_matrix in nfms.items():
-            if name not in agops:
-                continue
-            # float64 throughout, so that records agree with nfm.ansatz.nfa_report: in float32 the
-            # square roots of tiny eigenvalues are dominated by rounding
-            agop = torch.as_tensor(agops[name]).detach().to(device="cpu", dtype=torch.float64)
+            # powers in float64, so that records agree with nfm.ansatz.nfa_report: in float32 the
+            # square roots of tiny eigenvalues are dominated by rounding. The AGOP keeps its own
+            # dtype here so that psd_eigh judges its negative eigenvalues at that precision.
+            agop = agop_pass.agops[name].detach().to(device="cpu")
+            eig = psd_eigh(
+                agop,
+                name=f"the AGOP of layer {name!r}",
+                dtype=torch.float64,
+                scale=agop_pass.rounding_scales.get(name),
+            )
             row: dict[str, Any] = {
                 "step": int(step),
                 "layer": name,
                 "d": int(nfm_matrix.shape[0]),
-                "by_construction": name in self._by_construction,
+                "by_construction": identity_holds and name in agop_pass.output_layers,
             }
             for alpha in self.alphas:
-                powered = symmetric_matrix_power(agop, alpha)
+                powered = power_from_eigh(eig, alpha)
                 for kind in self.kinds:
                     for excl in self.exclude_diagonal:
                         row[correlation_column(kind, alpha, excl)] = matrix_correlation(
@@ -260,7 +265,7 @@ class NFATracker:
             change = float(torch.linalg.matrix_norm(nfm_matrix - initial))
             row["nfm_relative_change"] = change / norm0 if norm0 > 0 else float("nan")
             row["nfm_trace"] = float(torch.trace(nfm_matrix))
-            row["agop_trace"] = float(torch.trace(agop))
+            row["agop_trace"] = float(torch.trace(agop.to(torch.float64)))
             row.update({k: plain_value(v) for k, v in metrics.items()})
             new_rows.append(row)
         self._rows.extend(new_rows)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from nfm._utils.arrays import to_tensor
 from nfm.exceptions import NFMInputError
+from nfm.models.state import ModelState
 
 __all__ = ["TrainResult", "accuracy", "train_classifier"]
 
@@ -31,17 +32,18 @@ class _Recorder(Protocol):
 
 
 def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> float:
-    """Fraction of rows whose arg-max output equals the label (model in eval mode, restored)."""
-    was_training = model.training
-    model.eval()
-    try:
-        correct = 0
-        with torch.no_grad():
-            for start in range(0, X.shape[0], batch_size):
-                logits = model(X[start : start + batch_size])
-                correct += int((logits.argmax(dim=1) == y[start : start + batch_size]).sum())
-    finally:
-        model.train(was_training)
+    r"""Fraction of rows whose arg-max output equals the label, :math:`\frac1n\sum_i
+    [\arg\max_c f(x_i)_c = y_i]`.
+
+    The model runs in eval mode without gradients; every module's mode (and every
+    ``requires_grad`` flag) is restored afterwards, also on error
+    (:class:`nfm.models.state.ModelState`), so a frozen submodule stays frozen.
+    """
+    correct = 0
+    with ModelState(model, mode="eval"), torch.no_grad():
+        for start in range(0, X.shape[0], batch_size):
+            logits = model(X[start : start + batch_size])
+            correct += int((logits.argmax(dim=1) == y[start : start + batch_size]).sum())
     return correct / max(int(X.shape[0]), 1)
 
 
@@ -112,8 +114,17 @@ def train_classifier(
     When ``tracker`` is given, ``tracker.record(step, loss=..., train_accuracy=...,
     test_accuracy=...)`` is called at step 0 (before training), every ``track_every`` steps and
     after the last step; ``loss`` is the mean training loss since the previous record (the
-    initial record uses the loss of the untrained model on the training set). The model is
-    trained in place and left in train mode.
+    initial record uses the loss of the untrained model on the training set).
+
+    The model is trained in place. Modes during training: a model that comes in training mode
+    trains with the modes it has, so submodules the caller put in eval mode stay in eval mode
+    (the usual way to freeze a batch norm's statistics or a dropout: ``model.train();
+    model.bn.eval()``); a model that comes in eval mode as a whole (root module in eval mode,
+    as after an evaluation) is put in training mode with ``model.train()``. Parameters with
+    ``requires_grad=False`` are not optimised. The evaluations (initial loss, accuracies,
+    tracker records) run in eval mode. On return, and also when an error is raised, every
+    module's mode and every parameter's ``requires_grad`` flag are as they were before the
+    call (:class:`nfm.models.state.ModelState`).
 
     Parameters
     ----------
@@ -162,7 +173,9 @@ def train_classifier(
         Xt = to_tensor(X_test, "X_test", dtype=torch.float32, device=device)
         yt = to_tensor(y_test, "y_test", dtype=torch.int64, device=device)
     n = int(X.shape[0])
-    with torch.no_grad():
+    # eval mode: one sample through a batch norm in training mode would fail (and move its
+    # running statistics)
+    with ModelState(model, mode="eval"), torch.no_grad():
         n_classes = int(model(X[:1]).shape[1])
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "adam":
@@ -179,47 +192,47 @@ def train_classifier(
         return metrics
 
     start_time = time.perf_counter()
-    model.train()
-    if tracker is not None:
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            initial_loss = float(_loss_value(loss, model(X), y, n_classes))
-            model.train(was_training)
-        tracker.record(0, **evaluate(initial_loss))
-    step = 0
-    loss_curve: list[float] = []
-    running_sum, running_count = 0.0, 0
-    last_recorded = 0
-    bar = tqdm(total=total_steps, desc="training", unit="step", disable=not verbose, leave=False)
-    try:
-        for _epoch in range(epochs):
-            order = torch.randperm(n, generator=generator).to(device)
-            epoch_sum = 0.0
-            for start in range(0, n, batch_size):
-                batch = order[start : start + batch_size]
-                opt.zero_grad(set_to_none=True)
-                batch_loss = _loss_value(loss, model(X[batch]), y[batch], n_classes)
-                batch_loss.backward()
-                opt.step()
-                step += 1
-                value = float(batch_loss.detach())
-                epoch_sum += value * batch.numel()
-                running_sum += value
-                running_count += 1
-                bar.update(1)
-                if tracker is not None and step % track_every == 0:
-                    tracker.record(step, **evaluate(running_sum / running_count))
-                    running_sum, running_count = 0.0, 0
-                    last_recorded = step
-            loss_curve.append(epoch_sum / n)
-            bar.set_postfix(loss=f"{loss_curve[-1]:.4f}")
-        final = evaluate(running_sum / running_count if running_count else loss_curve[-1])
-        if tracker is not None and last_recorded != step:
-            tracker.record(step, **final)
-    finally:
-        bar.close()
-    model.train()
+    with ModelState(model, mode=None):  # every mode and flag restored on return and on error
+        if not model.training:
+            model.train()
+        if tracker is not None:
+            with ModelState(model, mode="eval"), torch.no_grad():
+                initial_loss = float(_loss_value(loss, model(X), y, n_classes))
+            tracker.record(0, **evaluate(initial_loss))
+        step = 0
+        loss_curve: list[float] = []
+        running_sum, running_count = 0.0, 0
+        last_recorded = 0
+        bar = tqdm(
+            total=total_steps, desc="training", unit="step", disable=not verbose, leave=False
+        )
+        try:
+            for _epoch in range(epochs):
+                order = torch.randperm(n, generator=generator).to(device)
+                epoch_sum = 0.0
+                for start in range(0, n, batch_size):
+                    batch = order[start : start + batch_size]
+                    opt.zero_grad(set_to_none=True)
+                    batch_loss = _loss_value(loss, model(X[batch]), y[batch], n_classes)
+                    batch_loss.backward()
+                    opt.step()
+                    step += 1
+                    value = float(batch_loss.detach())
+                    epoch_sum += value * batch.numel()
+                    running_sum += value
+                    running_count += 1
+                    bar.update(1)
+                    if tracker is not None and step % track_every == 0:
+                        tracker.record(step, **evaluate(running_sum / running_count))
+                        running_sum, running_count = 0.0, 0
+                        last_recorded = step
+                loss_curve.append(epoch_sum / n)
+                bar.set_postfix(loss=f"{loss_curve[-1]:.4f}")
+            final = evaluate(running_sum / running_count if running_count else loss_curve[-1])
+            if tracker is not None and last_recorded != step:
+                tracker.record(step, **final)
+        finally:
+            bar.close()
     seconds = time.perf_counter() - start_time
     logger.debug("trained %d steps in %.1f s", step, seconds)
     return TrainResult(

@@ -18,7 +18,6 @@ import html
 import io
 import json
 import math
-import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from nfm._utils.env import machine_info
+from nfm._utils.io import json_ready
 from nfm.exceptions import NFMInputError
 
 __all__ = ["ReportFiles", "figure_to_png", "write_report"]
@@ -93,25 +94,6 @@ def _format_value(value: Any) -> str:
         return f"{value:.4f}"
     if isinstance(value, (list, tuple)):
         return ", ".join(_format_value(v) for v in value)
-    return str(value)
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item):
-        try:
-            return _json_value(value.item())
-        except (TypeError, ValueError):
-            return str(value)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
     return str(value)
 
 
@@ -234,30 +216,19 @@ def write_report(
             else ""
         )
 
-    environment = {
-        "nfm_version": __version__,
-        "created_utc": created_text,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-    try:
-        import torch
-
-        environment["torch"] = torch.__version__
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    environment = {"nfm_version": __version__, "created_utc": created_text, **machine_info()}
 
     payload = {
         "title": title,
-        "metrics": _json_value(dict(metrics)),
-        "nfa": _json_value([dict(r) for r in nfa_rows]),
-        "settings": _json_value(dict(settings)),
-        "environment": environment,
+        "metrics": json_ready(dict(metrics)),
+        "nfa": json_ready([dict(r) for r in nfa_rows]),
+        "settings": json_ready(dict(settings)),
+        "environment": json_ready(environment),
         "figures": {name: path.name for name, path in figure_paths.items()},
         "history_file": history_path.name if history_path else None,
     }
     metrics_path = directory / "metrics.json"
-    metrics_path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    metrics_path.write_text(json.dumps(payload, indent=2, allow_nan=False), encoding="utf-8")
 
     notes_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
     body = f"""<!DOCTYPE html>
@@ -283,8 +254,8 @@ NFM = AGOP exactly whatever the training did, so their value is no evidence for 
 <h2>Settings</h2>
 {_key_value_table(settings, "setting")}
 <footer>Made by nfm {html.escape(__version__)} on {html.escape(created_text)}
-(Python {html.escape(environment["python"])}, torch {html.escape(environment.get("torch", "?"))},
-{html.escape(environment["platform"])}).</footer>
+(Python {html.escape(environment["python"])}, torch {html.escape(environment["versions"]["torch"])},
+{html.escape(environment["uname"])}).</footer>
 </body></html>
 """
     html_path = directory / "report.html"
