@@ -36,10 +36,8 @@ The machine the committed CPU numbers come from is shared: timings are noisy.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -48,6 +46,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nfm._utils.env import machine_info as shared_machine_info
 from nfm.features import compute_agop
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -240,26 +239,10 @@ def run_memory_probe(
 # ---------------------------------------------------------------------------------------------
 
 
-def machine_info(device: str) -> dict[str, str | int]:
-    cpu_model = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu_model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info: dict[str, str | int] = {
-        "uname": " ".join(platform.uname()),
-        "cpu_model": cpu_model,
-        "cpu_cores": os.cpu_count() or 0,
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": device,
-    }
+def machine_info(device: str) -> dict:
+    """nfm's shared machine description plus the device this run measured."""
+    info = shared_machine_info()
+    info["device"] = device
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -311,7 +294,7 @@ def write_results(payload: dict, device: str) -> tuple[Path, Path]:
         f"# AGOP benchmark ({stem})",
         "",
         f"Produced by `{payload['command']}` on {m['date_utc']}.",
-        f"Machine: {m['cpu_model']}, {m['cpu_cores']} cores "
+        f"Machine: {m['cpu']}, {m['cores']} cores "
         f"({m['torch_threads']} torch threads){', GPU ' + m['gpu'] if 'gpu' in m else ''}; "
         f"torch {m['torch']}; `{m['uname']}`.",
         "",

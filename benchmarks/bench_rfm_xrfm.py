@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -40,6 +38,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from nfm._utils.env import machine_info
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -218,17 +218,9 @@ def run_one(spec: dict, timeout: float) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    uname = platform.uname()
-    return f"{uname.system} {uname.release} {uname.machine}; {cpu}; {os.cpu_count()} cores"
+    """One line from nfm's shared machine description."""
+    info = machine_info()
+    return f"{info['uname']}; {info['cpu']}; {info['cores']} cores"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(table)
-    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = machine_info()["date_utc"]
     lines = [
         "# nfm RFMClassifier vs xrfm 0.4.5",
         "",

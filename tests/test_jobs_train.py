@@ -264,3 +264,18 @@ def test_stratified_split_properties(labels, test_fraction, seed):
             assert abs(n_test - test_fraction * n_label) < 1.0
         else:
             assert n_test == 0
+
+
+def test_analyze_helpers_restore_every_module_mode():
+    """The input probe and the predictions leave a mixed-mode model's modes as they were."""
+    model = torch.nn.Sequential(
+        torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 3)
+    )
+    model.train()
+    model[1].eval()
+    model[2].eval()
+    before = [m.training for m in model.modules()]
+    X = np.random.default_rng(0).normal(size=(10, 6)).astype(np.float32)
+    tensor = analyze._prepare_inputs(model, X)
+    analyze._predict(model, tensor)
+    assert [m.training for m in model.modules()] == before

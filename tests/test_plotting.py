@@ -168,3 +168,21 @@ def test_bad_input_is_named():
         plotting.plot_nfa_history(_history(), columns="cosine_a0.5")
     with pytest.raises(NFMInputError, match="NaN"):
         plotting.plot_agop_diagonal(np.full((2, 2), np.nan))
+
+
+def test_feature_matrices_judge_a_float32_agop_at_float32_precision():
+    """A real float32 AGOP is PSD up to float32 rounding: no NumericalWarning when plotted."""
+    import warnings
+
+    from nfm.exceptions import NumericalWarning
+    from nfm.features import compute_agop, compute_nfm
+
+    model = make_mlp(30, [40], 5, seed=0)
+    x = torch.randn(400, 30, generator=torch.Generator().manual_seed(0))
+    name = next(iter(compute_nfm(model)))
+    agop = compute_agop(model, x, layers=[name])[name]
+    assert agop.dtype == torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NumericalWarning)
+        fig = plotting.plot_feature_matrices(compute_nfm(model)[name], agop, alpha=0.5)
+    plt.close(fig)

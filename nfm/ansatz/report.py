@@ -17,12 +17,13 @@ from torch import nn
 
 from nfm._utils.arrays import ArrayKind, restore_kind, to_tensor
 from nfm.ansatz.correlation import check_fit_settings, correlation_column, fit_alpha_from_eigh
-from nfm.exceptions import NFMInputError
+from nfm.exceptions import LayerSelectionError, NFMInputError
 from nfm.features.agop import run_agop_pass
 from nfm.features.jacobians import is_same_tensor
 from nfm.features.nfm import compute_nfm
 from nfm.features.outputs import OutputSpec
 from nfm.linalg import CorrelationKind, matrix_correlation, power_from_eigh, psd_eigh
+from nfm.models.adapters import adapter_for
 from nfm.models.selection import LayerSpec, select_layers
 from nfm.models.state import ModelState
 
@@ -78,9 +79,17 @@ def output_layer_names(
     return {
         name
         for name, o in outputs.items()
-        if is_same_tensor(o, out)
-        and isinstance(getattr(selected[name], "weight", None), torch.Tensor)
+        if is_same_tensor(o, out) and _has_weight_matrix(selected[name], name)
     }
+
+
+def _has_weight_matrix(module: nn.Module, name: str) -> bool:
+    """Whether the layer's adapter reads its weight as an (out, in) matrix."""
+    try:
+        adapter_for(module).weight_matrix(module, name)
+    except LayerSelectionError:
+        return False
+    return True
 
 
 AGOP_OPTIONS = (

@@ -37,6 +37,7 @@ from torch import nn
 
 from nfm.cli._threads import run_with_threads
 from nfm.exceptions import NFMInputError
+from nfm.models.state import ModelState
 
 __all__ = ["configure_parser", "load_data_file", "load_model_file", "run"]
 
@@ -303,9 +304,7 @@ def _prepare_inputs(model: nn.Module, X: np.ndarray) -> torch.Tensor:
         candidates.append(candidates[0].reshape(X.shape[0], -1))
     first_linear = next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
     errors = []
-    was_training = model.training
-    try:
-        model.eval()
+    with ModelState(model, mode="eval"):
         for tensor in candidates:
             try:
                 with torch.no_grad():
@@ -318,8 +317,6 @@ def _prepare_inputs(model: nn.Module, X: np.ndarray) -> torch.Tensor:
                     f"model: forward must return one tensor; got {type(out).__name__}"
                 )
             return tensor
-    finally:
-        model.train(was_training)
     expected = (
         f" (its first linear layer expects {first_linear.in_features} features)"
         if (first_linear is not None)
@@ -346,13 +343,8 @@ def _guess_image_shape(X: np.ndarray, requested: Any) -> tuple[int, int] | None:
 
 
 def _predict(model: nn.Module, X: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            parts = [model(X[i : i + batch_size]) for i in range(0, X.shape[0], batch_size)]
-    finally:
-        model.train(was_training)
+    with ModelState(model, mode="eval"), torch.no_grad():
+        parts = [model(X[i : i + batch_size]) for i in range(0, X.shape[0], batch_size)]
     out = torch.cat(parts)
     return out.reshape(out.shape[0], -1)
 

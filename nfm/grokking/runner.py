@@ -9,13 +9,13 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from nfm._utils.env import machine_info
+from nfm._utils.io import json_ready
 from nfm.grokking.data import modular_arithmetic_dataset
 from nfm.grokking.kernel import (
     KernelGrokkingResult,
@@ -41,14 +41,6 @@ __all__ = [
 THRESHOLDS: tuple[float, ...] = (0.5, 0.9, 0.99)
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "item"):
-        return _clean(value.item())
-    return value
-
-
 def _write_history(rows: Sequence[dict[str, Any]], path: Path) -> None:
     columns: list[str] = []
     for row in rows:
@@ -57,7 +49,7 @@ def _write_history(rows: Sequence[dict[str, Any]], path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: _clean(v) for k, v in row.items()})
+            writer.writerow({k: json_ready(v) for k, v in row.items()})
 
 
 def kernel_summary(result: KernelGrokkingResult, train_fraction: float) -> dict[str, Any]:
@@ -78,7 +70,7 @@ def kernel_summary(result: KernelGrokkingResult, train_fraction: float) -> dict[
     row["cpu_seconds_to_99"] = None if to_99 is None else result.history[to_99]["cpu_seconds"]
     row["cpu_seconds"] = result.cpu_seconds
     row["structure"] = last["structure"]
-    row["structure_deviation"] = _clean(last["structure_deviation"])
+    row["structure_deviation"] = json_ready(last["structure_deviation"])
     return row
 
 
@@ -257,7 +249,7 @@ def run_kernel_suite(
         info = machine_info()
         (out / "kernel_summary.json").write_text(
             json.dumps(
-                {"machine": info, "rows": [{k: _clean(v) for k, v in r.items()} for r in rows]},
+                {"machine": info, "rows": [{k: json_ready(v) for k, v in r.items()} for r in rows]},
                 indent=2,
             ),
             encoding="utf-8",
@@ -309,7 +301,7 @@ def run_neural_experiment(
         info = machine_info()
         (out / "neural_summary.json").write_text(
             json.dumps(
-                {"machine": info, "rows": [{k: _clean(v) for k, v in row.items()}]}, indent=2
+                {"machine": info, "rows": [{k: json_ready(v) for k, v in row.items()}]}, indent=2
             ),
             encoding="utf-8",
         )

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from nfm._utils.env import machine_info as shared_machine_info
+from nfm._utils.io import json_ready
 from nfm.tabular import datasets as ds
 from nfm.tabular import methods as mt
 from nfm.tabular import protocol as pr
@@ -99,10 +100,11 @@ def machine_info() -> dict[str, Any]:
     """
     sources = {}
     root = Path(__file__).resolve().parent.parent
-    for name in ("rfm.py", "solvers.py", "kernels.py", "model_selection.py"):
-        path = root / name
-        if path.exists():
-            sources[name] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    for package in ("rfm", "solvers", "kernels"):
+        digest = hashlib.sha256()
+        for path in sorted((root / package).glob("*.py")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        sources[f"nfm/{package}"] = digest.hexdigest()[:16]
     info = shared_machine_info(packages=["sklearn", "xrfm", "xgboost", "lightgbm", "catboost"])
     return {"nfm_sources_sha256": sources, **info}
 
@@ -142,7 +144,7 @@ def run_method(
         row = {
             "method": method.name,
             "config_index": index,
-            "config": json.dumps(config, default=str),
+            "config": json.dumps(json_ready(config), allow_nan=False),
         }
         try:
             model = method.build(task, config, seed, threads)
@@ -188,7 +190,7 @@ def run_method(
     result.update(
         status="ok",
         config_index=index,
-        config=json.dumps(configs[index], default=str),
+        config=json.dumps(json_ready(configs[index]), allow_nan=False),
         val_score=score,
         fit_seconds=meter.seconds,
         predict_seconds=predict_seconds,
@@ -288,7 +290,7 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | Path) -> Path:
     tuning_path = output_dir / "tuning.csv"
     methods = [m.name for m in mt.available_methods(config.methods)]
     meta = {"config": asdict(config), "machine": machine_info(), "methods_run": methods}
-    (output_dir / "run.json").write_text(json.dumps(meta, indent=1, default=str))
+    (output_dir / "run.json").write_text(json.dumps(json_ready(meta), indent=1, allow_nan=False))
     done = completed_units(results_path)
     units = [
         (name, seed, method)

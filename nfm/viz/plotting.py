@@ -24,6 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
 
+from nfm._utils.validation import check_square
 from nfm.exceptions import NFMInputError
 from nfm.linalg import matrix_correlation, symmetric_matrix_power
 from nfm.tracking import TrackingHistory, as_history, parse_nfa_column
@@ -58,6 +59,14 @@ def _as_matrix(x: Any, name: str) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise NFMInputError(f"{name} contains NaN or infinite values; shape {arr.shape}")
     return arr
+
+
+def _float_dtype(x: Any) -> torch.dtype:
+    """The floating dtype ``x`` holds (float64 for anything that is not a float32/16 array)."""
+    dtype = getattr(x, "dtype", None)
+    if dtype in (torch.float32, torch.float16, torch.bfloat16, np.float32, np.float16):
+        return torch.float32
+    return torch.float64
 
 
 def _check_image_shape(image_shape: Sequence[int] | None, d: int, name: str) -> tuple | None:
@@ -268,12 +277,17 @@ def plot_feature_matrices(
     """
     nfm_arr = _as_matrix(nfm_matrix, "nfm_matrix")
     agop_arr = _as_matrix(agop_matrix, "agop_matrix")
-    if nfm_arr.shape != agop_arr.shape or nfm_arr.shape[0] != nfm_arr.shape[1]:
+    check_square(torch.from_numpy(nfm_arr), "nfm_matrix")
+    if nfm_arr.shape != agop_arr.shape:
         raise NFMInputError(
             "nfm_matrix and agop_matrix must be square and of the same shape; got "
             f"{nfm_arr.shape} and {agop_arr.shape}"
         )
-    powered = symmetric_matrix_power(agop_arr, alpha)
+    # judge rounding at the precision the AGOP was computed in, compute the power in float64
+    source_dtype = _float_dtype(agop_matrix)
+    powered = symmetric_matrix_power(
+        torch.from_numpy(agop_arr).to(source_dtype), alpha, dtype=torch.float64, name="agop_matrix"
+    ).numpy()
     corr = matrix_correlation(nfm_arr, powered, kind=kind, exclude_diagonal=exclude_diagonal)
     fig = _new_figure(fig, (10.0, 4.6))
     axes = fig.subplots(1, 2)
@@ -415,8 +429,7 @@ def plot_agop_diagonal(
     Figure
     """
     arr = _as_matrix(matrix, "matrix")
-    if arr.shape[0] != arr.shape[1]:
-        raise NFMInputError(f"matrix must be square; got shape {arr.shape}")
+    check_square(torch.from_numpy(arr), "matrix")
     diagonal = np.diag(arr)
     shape = _check_image_shape(image_shape, diagonal.size, "matrix")
     if shape is not None:
