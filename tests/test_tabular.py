@@ -329,6 +329,52 @@ def test_pairwise_and_goals_on_hand_made_table():
     assert "faster than xrfm" in goals[1] and "NOT reached" in goals[1]  # 0.7 < 0.75
 
 
+def test_method_summary_keeps_the_given_order_of_tied_methods():
+    rows = [
+        {"dataset": d, "task": "classification", "seed": 0, "method": m, "status": "ok",
+         "accuracy": acc, "time_seconds": 1.0, "peak_mib": 1.0}
+        for d, m, acc in [("d1", "a", 0.9), ("d1", "b", 0.8), ("d2", "a", 0.8), ("d2", "b", 0.9)]
+    ]  # fmt: skip
+    table = pd.DataFrame(rows)
+    for order in (["a", "b"], ["b", "a"]):
+        summary = sm.method_summary(table, "classification", order)
+        assert list(summary["method"]) == order
+        assert list(summary["mean_rank"]) == [1.5, 1.5] and list(summary["wins"]) == [1, 1]
+
+
+def test_time_by_size_on_hand_made_table():
+    table = _hand_table()
+    table["n_fit"] = table["dataset"].map({"d1": 100, "d2": 600, "d3": 700})
+    out = sm.time_by_size(table, ["rfm", "xrfm", "absent"])
+    assert list(out.columns) == ["n_fit", "units", "rfm", "xrfm", "absent"]
+    assert list(out["n_fit"]) == ["0 <= n_fit < 500", "500 <= n_fit < 1300", "n_fit >= 1300"]
+    # d3 is left out: xrfm did not run there; the last bin is empty
+    assert list(out["units"]) == [1, 1, 0]
+    np.testing.assert_allclose(out["rfm"], [1.0, 2.0, np.nan])
+    np.testing.assert_allclose(out["xrfm"], [4.0, 8.0, np.nan])
+    assert out["absent"].isna().all()
+
+
+def test_candidate_summary_on_hand_made_tuning_table():
+    rows = []
+    # two datasets x two seeds x three configurations of one method (classification)
+    scores = {("d1", 0): [0.9, 0.8, 0.7], ("d1", 1): [0.7, 0.8, 0.9], ("d2", 0): [0.5, 0.6, 0.6]}
+    for (dataset, seed), values in scores.items():
+        for index, value in enumerate(values):
+            rows.append(
+                {"method": "m", "status": "ok", "task": "classification", "dataset": dataset,
+                 "seed": seed, "config_index": index, "config": f"c{index}",
+                 "val_score": value, "fit_seconds": 2.0 ** index}
+            )  # fmt: skip
+    out = sm.candidate_summary(pd.DataFrame(rows), "m").set_index("config_index")
+    # d1: ranks (1, 2, 3) and (3, 2, 1) -> (2, 2, 2); d2: (3, 1.5, 1.5)
+    np.testing.assert_allclose(out["mean_val_rank"], [2.5, 1.75, 1.75])
+    # d1 seed-mean scores (0.8, 0.8, 0.8); d2 (0.5, 0.6, 0.6)
+    np.testing.assert_allclose(out["mean_val_score"], [0.65, 0.7, 0.7])
+    np.testing.assert_allclose(out["gmean_fit_s"], [1.0, 2.0, 4.0])
+    assert list(out["config"]) == ["c0", "c1", "c2"] and set(out["task"]) == {"classification"}
+
+
 # ---------------------------------------------------------------------- quick mode
 
 

@@ -7,16 +7,23 @@ One protocol for every method:
    ``max_train`` rows and the test part at ``max_test`` rows by stratified subsampling. The
    training part is split once more into a *fit* part and a *validation* part
    (``validation_fraction``, stratified). The index arrays depend only on the data, the seed and
-   these sizes, never on the method: every method sees the same rows.
-2. **Preprocessing**, fitted on the fit part only: numeric columns imputed with the fit-part
-   median and standardised, ``(x - mean) / std`` (std 1 for constant columns); categorical
-   columns one-hot encoded (missing values are a category of their own, categories unseen in
-   the fit part encode as all zeros). Regression targets are standardised with the fit-part
-   mean and standard deviation for every method; predictions are mapped back before scoring.
+   these sizes, never on the method: every method sees the same rows. The splits are this
+   module's own code (:func:`make_split`), not ``sklearn.model_selection.train_test_split``:
+   they are the protocol of the committed results, which ``train_test_split`` cannot
+   reproduce (it draws with a ``RandomState`` instead of a ``numpy.random.Generator``, sizes
+   the test part with ``ceil`` instead of ``round``, breaks ties among per-class remainders at
+   random instead of keeping one row of every class, and refuses classes with one row).
+2. **Preprocessing** (scikit-learn, fitted on the fit part only): numeric columns imputed with
+   the fit-part median and standardised, ``(x - mean) / std`` (std 1 for constant columns);
+   categorical columns one-hot encoded (missing values are a category of their own, categories
+   unseen in the fit part encode as all zeros); see :class:`TabularPreprocessor`. Regression
+   targets are standardised with the fit-part mean and standard deviation for every method;
+   predictions are mapped back before scoring.
 3. **Tuning**: each method fits the same number of configurations on the fit part and keeps
    the one with the best validation score (accuracy; for regression, lowest MSE). The kept
    model predicts the test part; there is no refit.
-4. **Scores**: accuracy; RMSE and R^2 for regression (on the dataset's target scale).
+4. **Scores** (``sklearn.metrics``): accuracy; RMSE and R^2 for regression (on the dataset's
+   target scale).
 5. **Cost** of the kept configuration: wall time of ``fit`` + ``predict`` on the test part, and
    the peak resident memory of the process during ``fit`` above its resident memory at the
    start of ``fit`` (Linux ``VmHWM`` after resetting it through ``/proc/self/clear_refs``).
@@ -28,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,104 +174,167 @@ class PreparedSplit:
         return self.to_target_scale(y) if self.task == "regression" else y
 
 
+MISSING_CATEGORY = "<missing>"
+"""The category that missing cells (None, NaN, pd.NA) of a categorical column encode as."""
+
+
+def _float64_matrix(frame) -> np.ndarray:
+    """The numeric columns of ``frame`` as a float64 array (missing cells become NaN)."""
+    return frame.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _category_strings(frame) -> np.ndarray:
+    """The cells of categorical columns as strings, missing cells as :data:`MISSING_CATEGORY`.
+
+    Every present cell is passed through ``str`` (so ``1`` and ``"1"`` are one category and the
+    categories sort as strings), whatever the column's dtype.
+    """
+    import pandas as pd
+
+    values = frame.to_numpy(dtype=object)
+    return np.where(pd.isna(values), MISSING_CATEGORY, values.astype(str))
+
+
 class TabularPreprocessor:
     """One-hot categoricals, median-impute and standardise numerics; fit on training rows.
 
-    ``fit(frame)`` learns, from the rows given only: per numeric column the median m_j, mean
-    mu_j and standard deviation s_j (after imputation; s_j = 1 when 0); per categorical column
-    the sorted category list (missing is the category ``"<missing>"``).
-    ``transform(frame)`` returns ``[(x_j - mu_j) / s_j for numerics] ++ [one-hot blocks]``.
+    A :class:`sklearn.compose.ColumnTransformer` of two pipelines:
+
+    - numeric columns (every column not named in ``categorical``, in frame order):
+      ``SimpleImputer(strategy="median", keep_empty_features=True)`` then ``StandardScaler()``,
+      i.e. ``(x_j - mu_j) / s_j`` with the fit rows' median m_j imputed first (0 for a column
+      with no value), mu_j and s_j the mean and population standard deviation after imputation
+      (s_j = 1 for a column that is constant on the fit rows, up to rounding);
+    - categorical columns (in the order of ``categorical``): cells as strings, missing cells as
+      ``"<missing>"``, then ``OneHotEncoder(handle_unknown="ignore")`` with the sorted categories
+      of the fit rows; a category unseen at fit time encodes as all zeros.
+
+    ``transform(frame)`` returns ``[numeric block] ++ [one-hot block of each categorical]``.
     """
 
     def __init__(self, categorical: list[str]) -> None:
         self.categorical = list(categorical)
 
     def fit(self, frame) -> TabularPreprocessor:
-        """Learn imputation values, scales and categories from ``frame``."""
+        """Learn imputation values, scales and categories from the rows of ``frame``."""
+        from sklearn.compose import ColumnTransformer
+        from sklearn.impute import SimpleImputer
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+        missing = [c for c in self.categorical if c not in frame.columns]
+        if missing:
+            raise NFMInputError(
+                f"categorical: columns {missing} are not in the frame (columns: "
+                f"{list(frame.columns)})"
+            )
         self.numeric_ = [c for c in frame.columns if c not in self.categorical]
-        numeric = frame[self.numeric_].to_numpy(dtype=float) if self.numeric_ else None
-        if numeric is not None:
-            with warnings.catch_warnings():  # all-missing columns: median NaN, set to 0 below
-                warnings.simplefilter("ignore", RuntimeWarning)
-                median = np.nanmedian(numeric, axis=0)
-            self.median_ = np.where(np.isnan(median), 0.0, median)
-            filled = np.where(np.isnan(numeric), self.median_, numeric)
-            self.mean_ = filled.mean(axis=0)
-            scale = filled.std(axis=0)
-            self.scale_ = np.where(scale > 0, scale, 1.0)
-        self.categories_ = {
-            c: np.unique(self._categorical_values(frame, c)) for c in self.categorical
-        }
+        # positions, not labels: ColumnTransformer reads integer labels as positions anyway
+        numeric_positions = [frame.columns.get_loc(c) for c in self.numeric_]
+        categorical_positions = [frame.columns.get_loc(c) for c in self.categorical]
+        numeric = Pipeline(
+            [
+                ("float64", FunctionTransformer(_float64_matrix)),
+                ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+                ("scale", StandardScaler()),
+            ]
+        )
+        categorical = Pipeline(
+            [
+                ("strings", FunctionTransformer(_category_strings)),
+                (
+                    "one_hot",
+                    OneHotEncoder(handle_unknown="ignore", sparse_output=False, dtype=np.float64),
+                ),
+            ]
+        )
+        self.transformer_ = ColumnTransformer(
+            [
+                ("numeric", numeric, numeric_positions),
+                ("categorical", categorical, categorical_positions),
+            ],
+            remainder="drop",
+            sparse_threshold=0.0,
+        )
+        self.transformer_.fit(frame)
         self.feature_names_ = list(self.numeric_) + [
             f"{c}={v}" for c in self.categorical for v in self.categories_[c]
         ]
         return self
 
-    @staticmethod
-    def _categorical_values(frame, column: str) -> np.ndarray:
-        values = frame[column].astype("object").to_numpy()
-        missing = np.array([v is None or (isinstance(v, float) and np.isnan(v)) for v in values])
-        out = values.astype(str)
-        out[missing] = "<missing>"
-        return out
+    def _fitted_step(self, pipeline: str, step: str):
+        return self.transformer_.named_transformers_[pipeline].named_steps[step]
+
+    @property
+    def median_(self) -> np.ndarray:
+        """Imputation value of each numeric column (fit-rows median; 0 if all missing)."""
+        return self._fitted_step("numeric", "impute").statistics_
+
+    @property
+    def mean_(self) -> np.ndarray:
+        """Mean of each numeric column after imputation (fit rows)."""
+        return self._fitted_step("numeric", "scale").mean_
+
+    @property
+    def scale_(self) -> np.ndarray:
+        """Population standard deviation of each numeric column (1 for constant columns)."""
+        return self._fitted_step("numeric", "scale").scale_
+
+    @property
+    def categories_(self) -> dict[str, np.ndarray]:
+        """Sorted categories of each categorical column seen in the fit rows."""
+        if not self.categorical:
+            return {}
+        encoder = self._fitted_step("categorical", "one_hot")
+        return dict(zip(self.categorical, encoder.categories_, strict=True))
 
     def transform(self, frame) -> np.ndarray:
         """Encode ``frame`` with what :meth:`fit` learned; float64 array (n, n_features_out)."""
-        blocks = []
-        if self.numeric_:
-            numeric = frame[self.numeric_].to_numpy(dtype=float)
-            filled = np.where(np.isnan(numeric), self.median_, numeric)
-            blocks.append((filled - self.mean_) / self.scale_)
-        for column in self.categorical:
-            values = self._categorical_values(frame, column)
-            categories = self.categories_[column]
-            blocks.append((values[:, None] == categories[None, :]).astype(float))
-        if not blocks:
-            return np.zeros((len(frame), 0))
-        return np.hstack(blocks)
+        return np.asarray(self.transformer_.transform(frame), dtype=np.float64)
 
 
 def prepare_split(dataset: TabularDataset, split: SplitIndices) -> PreparedSplit:
-    """Preprocess one split: fit the preprocessor (and target scaling) on the fit part only."""
+    """Preprocess one split: fit the preprocessor (and target scaling) on the fit part only.
+
+    Class labels are encoded as the indices of their string forms among all the dataset's
+    labels (``sklearn.preprocessing.LabelEncoder``); regression targets are standardised with
+    a ``StandardScaler`` fitted on the fit part.
+    """
+    from sklearn.preprocessing import LabelEncoder, StandardScaler
+
     features = dataset.features
     pre = TabularPreprocessor(dataset.categorical).fit(features.iloc[split.fit])
-
-    def encode(rows: np.ndarray) -> np.ndarray:
-        return pre.transform(features.iloc[rows])
-
-    X_fit, X_val, X_test = encode(split.fit), encode(split.validation), encode(split.test)
+    parts = (split.fit, split.validation, split.test)
+    X_fit, X_val, X_test = (pre.transform(features.iloc[rows]) for rows in parts)
     if dataset.task == "classification":
-        labels = np.asarray(dataset.target).astype(str)
-        classes, encoded = np.unique(labels, return_inverse=True)
+        labels = LabelEncoder()
+        encoded = labels.fit_transform(np.asarray(dataset.target).astype(str))
+        y_fit, y_val, y_test = (encoded[rows] for rows in parts)
         return PreparedSplit(
             "classification",
             X_fit,
-            encoded[split.fit],
+            y_fit,
             X_val,
-            encoded[split.validation],
+            y_val,
             X_test,
-            encoded[split.test],
-            classes=classes,
+            y_test,
+            classes=labels.classes_,
             feature_names=pre.feature_names_,
         )
-    target = np.asarray(dataset.target, dtype=float)
-    mean = float(target[split.fit].mean())
-    scale = float(target[split.fit].std()) or 1.0
-
-    def standardise(rows: np.ndarray) -> np.ndarray:
-        return (target[rows] - mean) / scale
-
+    target = np.asarray(dataset.target, dtype=float).reshape(-1, 1)
+    scaler = StandardScaler().fit(target[split.fit])
+    y_fit, y_val, y_test = (scaler.transform(target[rows]).reshape(-1) for rows in parts)
     return PreparedSplit(
         "regression",
         X_fit,
-        standardise(split.fit),
+        y_fit,
         X_val,
-        standardise(split.validation),
+        y_val,
         X_test,
-        standardise(split.test),
+        y_test,
         classes=None,
-        target_mean=mean,
-        target_scale=scale,
+        target_mean=float(scaler.mean_[0]),
+        target_scale=float(scaler.scale_[0]),
         feature_names=pre.feature_names_,
     )
 
@@ -273,30 +342,49 @@ def prepare_split(dataset: TabularDataset, split: SplitIndices) -> PreparedSplit
 # ------------------------------------------------------------------------------ scores
 
 
+def _flat(values: np.ndarray, dtype: type | None = None) -> np.ndarray:
+    return np.asarray(values, dtype=dtype).reshape(-1)
+
+
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Share of correct labels, mean(y_pred == y_true)."""
-    return float(np.mean(np.asarray(y_true).reshape(-1) == np.asarray(y_pred).reshape(-1)))
+    """Share of correct labels, mean(y_pred == y_true) (``sklearn.metrics.accuracy_score``)."""
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(_flat(y_true), _flat(y_pred)))
+
+
+def mse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean squared error, mean((y - y_hat)^2) (``sklearn.metrics.mean_squared_error``)."""
+    from sklearn.metrics import mean_squared_error
+
+    return float(mean_squared_error(_flat(y_true, float), _flat(y_pred, float)))
 
 
 def rmse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Root mean squared error, sqrt(mean((y - y_hat)^2))."""
-    diff = np.asarray(y_true, dtype=float).reshape(-1) - np.asarray(y_pred, dtype=float).reshape(-1)
-    return float(np.sqrt(np.mean(diff**2)))
+    """Root mean squared error, sqrt(mean((y - y_hat)^2)) (``root_mean_squared_error``)."""
+    from sklearn.metrics import root_mean_squared_error
+
+    return float(root_mean_squared_error(_flat(y_true, float), _flat(y_pred, float)))
 
 
 def r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Coefficient of determination, 1 - sum((y - y_hat)^2) / sum((y - mean y)^2)."""
-    y = np.asarray(y_true, dtype=float).reshape(-1)
-    y_hat = np.asarray(y_pred, dtype=float).reshape(-1)
-    total = np.sum((y - y.mean()) ** 2)
-    return float(1.0 - np.sum((y - y_hat) ** 2) / total) if total > 0 else float("nan")
+    """Coefficient of determination, 1 - sum((y - y_hat)^2) / sum((y - mean y)^2).
+
+    ``sklearn.metrics.r2_score``; NaN when ``y_true`` is constant (R^2 is undefined there).
+    """
+    from sklearn.metrics import r2_score
+
+    y = _flat(y_true, float)
+    if len(y) == 0 or np.all(y == y[0]):
+        return float("nan")
+    return float(r2_score(y, _flat(y_pred, float)))
 
 
 def validation_score(task: Task, y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """The tuning criterion, larger is better: accuracy, or minus the MSE for regression."""
     if task == "classification":
         return accuracy(y_true, y_pred)
-    return -(rmse(y_true, y_pred) ** 2)
+    return -mse(y_true, y_pred)
 
 
 # ------------------------------------------------------------------------------- meter

@@ -72,25 +72,22 @@ def method_summary(results: pd.DataFrame, task: str, methods: Sequence[str]) -> 
         return pd.DataFrame(columns=["method", "datasets", "mean_rank", "wins"])
     _metric, higher = _primary(task)
     scores = dataset_scores(table, task)[list(methods)]
-    ranks = scores.apply(
-        lambda row: pd.Series(rank_scores(row.to_numpy(), higher), index=row.index), axis=1
-    )
-    best_rank = ranks.min(axis=1)
-    rows = []
-    for method in methods:
-        part = table[table["method"] == method]
-        row: dict[str, Any] = {"method": method, "datasets": int(scores[method].notna().sum())}
-        if task == "classification":
-            row["mean_accuracy"] = float(scores[method].mean())
-        else:
-            row["mean_rmse"] = float(scores[method].mean())
-            row["mean_r2"] = float(part.groupby("dataset")["r2"].mean().mean())
-        row["mean_rank"] = float(ranks[method].mean())
-        row["wins"] = int((ranks[method] == best_rank).sum())
-        row["gmean_time_s"] = geometric_mean(part["time_seconds"])
-        row["mean_peak_mib"] = float(np.nanmean(part["peak_mib"])) if len(part) else float("nan")
-        rows.append(row)
-    return pd.DataFrame(rows).sort_values("mean_rank").reset_index(drop=True)
+    ranks = scores.rank(axis=1, method="average", ascending=not higher)
+    per_method = table.groupby("method")
+    summary = pd.DataFrame({"datasets": scores.notna().sum()})
+    if task == "classification":
+        summary["mean_accuracy"] = scores.mean()
+    else:
+        summary["mean_rmse"] = scores.mean()
+        summary["mean_r2"] = (
+            table.groupby(["method", "dataset"])["r2"].mean().groupby("method").mean()
+        )
+    summary["mean_rank"] = ranks.mean()
+    summary["wins"] = ranks.eq(ranks.min(axis=1), axis=0).sum()
+    summary["gmean_time_s"] = per_method["time_seconds"].agg(geometric_mean)
+    summary["mean_peak_mib"] = per_method["peak_mib"].mean()
+    summary = summary.reindex(list(methods)).rename_axis("method").reset_index()
+    return summary.sort_values("mean_rank", kind="stable").reset_index(drop=True)
 
 
 def pairwise(results: pd.DataFrame, task: str, first: str, second: str) -> dict[str, float]:
@@ -146,15 +143,15 @@ def time_by_size(
         index=["dataset", "seed"], columns="method", values="time_seconds"
     ).dropna()
     n_fit = ok.groupby(["dataset", "seed"])["n_fit"].first().reindex(wide.index)
-    rows = []
-    for low, high in itertools.pairwise(edges):
-        inside = (n_fit >= low) & (n_fit < high)
-        label = f"{low} <= n_fit < {high}" if high < 10**9 else f"n_fit >= {low}"
-        row: dict[str, Any] = {"n_fit": label, "units": int(inside.sum())}
-        for method in methods:
-            row[method] = geometric_mean(wide.loc[inside, method]) if method in wide else np.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
+    labels = [
+        f"{low} <= n_fit < {high}" if high < 10**9 else f"n_fit >= {low}"
+        for low, high in itertools.pairwise(edges)
+    ]
+    size_bin = pd.cut(n_fit, bins=list(edges), right=False, labels=labels)
+    grouped = wide.groupby(size_bin, observed=False)
+    table = grouped.agg(geometric_mean).reindex(index=labels, columns=list(methods))
+    table.insert(0, "units", grouped.size().reindex(labels).astype(int))
+    return table.rename_axis(index="n_fit", columns=None).reset_index()
 
 
 def candidate_summary(tuning: pd.DataFrame, method: str = "rfm-defaults-study") -> pd.DataFrame:
@@ -176,11 +173,7 @@ def candidate_summary(tuning: pd.DataFrame, method: str = "rfm-defaults-study") 
         wide = part.pivot_table(
             index=["dataset", "seed"], columns="config_index", values="val_score"
         ).dropna()
-        ranks = (
-            wide.apply(lambda r: pd.Series(rank_scores(r.to_numpy(), True), index=r.index), axis=1)
-            .groupby(level="dataset")
-            .mean()
-        )
+        ranks = wide.rank(axis=1, method="average", ascending=False).groupby(level="dataset").mean()
         frame = pd.DataFrame(
             {
                 "task": task,
