@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("nfm.rfm")
 
+from scipy.stats import rankdata
 from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 
@@ -63,9 +64,16 @@ def test_classifier_picks_best_validation_candidate_by_hand():
         .score(X[val_rows], y[val_rows])
         for c in SPACE
     ]
-    np.testing.assert_allclose([r["validation_score"] for r in search.cv_results_], scores)
+    results = search.cv_results_
+    np.testing.assert_allclose(results["split0_test_score"], scores)
+    np.testing.assert_allclose(results["mean_test_score"], scores)
+    np.testing.assert_array_equal(results["std_test_score"], 0.0)
+    assert results["params"] == SPACE
+    np.testing.assert_array_equal(results["rank_test_score"], rankdata(-np.asarray(scores), "min"))
+    assert (results["mean_fit_time"] > 0).all()
     assert search.best_index_ == int(np.argmax(scores))
     assert search.best_params_ == SPACE[search.best_index_]
+    assert search.best_score_ == pytest.approx(max(scores))
     # refit on all rows with the chosen parameters
     ref = RFMClassifier(**COMMON, **search.best_params_, random_state=0).fit(X, y)
     np.testing.assert_array_equal(search.predict(X), ref.predict(X))
@@ -108,3 +116,26 @@ def test_bad_input():
         RFMSearchClassifier(SPACE, validation_fraction=1.5).fit(X, y)
     with pytest.raises(Exception, match="not fitted"):
         RFMSearchRegressor().predict(X)
+
+
+def test_a_failing_refit_leaves_the_fitted_search_as_it_was():
+    X, y = _classification()
+    search = RFMSearchClassifier(SPACE, estimator_params=COMMON, random_state=0).fit(X, y)
+    before = search.predict_proba(X)
+    results = {k: np.array(v, copy=True) for k, v in search.cv_results_.items()}
+    search.set_params(search_space=[*SPACE, {"kernel": "rbf"}])
+    with pytest.raises(NFMInputError, match="kernel must be one of"):
+        search.fit(X[:, :3], y)
+    assert search.n_features_in_ == 5 and search.best_params_ == SPACE[search.best_index_]
+    np.testing.assert_array_equal(search.predict_proba(X), before)
+    for key, value in results.items():
+        np.testing.assert_array_equal(search.cv_results_[key], value)
+
+
+def test_search_accepts_tensors():
+    torch = pytest.importorskip("torch")
+    X, y = _regression()
+    search = RFMSearchRegressor(SPACE, estimator_params=COMMON, random_state=0)
+    search.fit(torch.from_numpy(X), torch.from_numpy(y))
+    assert isinstance(search.predict(torch.from_numpy(X)), torch.Tensor)
+    assert search.cv_results_["split0_test_score"].shape == (2,)

@@ -2,10 +2,14 @@
 
 :class:`RFMSearchClassifier` and :class:`RFMSearchRegressor` fit one
 :class:`~nfm.rfm.RFMClassifier` / :class:`~nfm.rfm.RFMRegressor` per candidate of a search space
-on an internal, stratified training part, score each on the held-out validation part
-(accuracy; for regression R^2, which orders candidates as the validation MSE does), and refit the
-best candidate on all the data. Within each candidate, the estimator still selects its own best
-iteration (and reg, when configured) by its ``selection`` rule, e.g. closed-form leave-one-out.
+on an internal training part, score each on the held-out validation part (accuracy; for
+regression R^2, which orders candidates as the validation MSE does), and refit the best
+candidate on all the data. The split is :func:`sklearn.model_selection.train_test_split`
+(stratified by class for the classifier whenever every class can be on both sides) and the
+search itself is :class:`sklearn.model_selection.GridSearchCV` on that one split, so
+``cv_results_``, ``best_index_``, ``best_params_`` and ``best_score_`` mean what they mean
+there. Within each candidate, the estimator still selects its own best iteration (and reg, when
+configured) by its ``selection`` rule, e.g. closed-form leave-one-out.
 
 The default search space, :func:`default_search_space`, is the one the tabular benchmark tunes
 over (``docs/tabular-benchmark.md``), so the library's tuned mode is the benchmark's.
@@ -20,15 +24,20 @@ Example
 from __future__ import annotations
 
 import copy
-import time
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone
+from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.utils.validation import check_is_fitted
 
 from nfm.exceptions import NFMInputError
-from nfm.rfm.estimators import DEFAULT_REG_GRID
+from nfm.rfm.params import DEFAULT_REG_GRID
+
+__all__ = ["REG_GRID", "RFMSearchClassifier", "RFMSearchRegressor", "default_search_space"]
 
 Candidate = dict[str, Any]
 
@@ -87,24 +96,13 @@ def default_search_space(task: str = "classification") -> list[Candidate]:
     ]
 
 
-def _to_numpy(values: Any) -> np.ndarray:
-    if hasattr(values, "detach"):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
-
-
-def _take(values: Any, rows: np.ndarray) -> Any:
-    if hasattr(values, "detach"):
-        import torch
-
-        return values[torch.as_tensor(rows, device=values.device)]
-    if hasattr(values, "iloc"):
-        return values.iloc[rows]
-    return np.asarray(values)[rows]
+def _labels(y: Any) -> np.ndarray:
+    values = y.detach().cpu().numpy() if hasattr(y, "detach") else np.asarray(y)
+    return values.reshape(len(values), -1)[:, 0] if values.ndim > 1 else values
 
 
 class _RFMSearch(BaseEstimator):
-    """Shared search logic; subclasses set the estimator class and the split rule."""
+    """Shared search logic; subclasses set the task."""
 
     _classification: bool = False
 
@@ -123,99 +121,92 @@ class _RFMSearch(BaseEstimator):
         self.refit = refit
         self.random_state = random_state
 
-    def _estimator_class(self) -> type:
+    def _base_estimator(self) -> BaseEstimator:
         from nfm.rfm.estimators import RFMClassifier, RFMRegressor
 
-        return RFMClassifier if self._classification else RFMRegressor
+        common = dict(self.estimator_params or {})
+        common.setdefault("random_state", self.random_state)
+        cls = RFMClassifier if self._classification else RFMRegressor
+        return cls(**common)
 
     def _candidates(self) -> list[Candidate]:
         task = "classification" if self._classification else "regression"
         space = default_search_space(task) if self.search_space is None else self.search_space
-        candidates = [dict(c) for c in space]
+        candidates = list(space) if isinstance(space, Sequence) else []
         if not candidates or not all(isinstance(c, dict) for c in candidates):
             raise NFMInputError(
                 f"search_space: expected a non-empty sequence of parameter dicts, got {space!r}"
             )
-        return candidates
+        return [dict(c) for c in candidates]
 
-    def _split(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from sklearn.model_selection import train_test_split
-
-        if not 0 < self.validation_fraction < 1:
-            raise NFMInputError(
-                "validation_fraction: expected a number in (0, 1), got "
-                f"{self.validation_fraction!r}"
-            )
-        n = len(y)
+    def _split(self, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        frac = self.validation_fraction
+        if not isinstance(frac, numbers.Real) or not 0 < frac < 1:
+            raise NFMInputError(f"validation_fraction: expected a number in (0, 1), got {frac!r}")
+        labels = _labels(y)
+        n = len(labels)
         if n < 4:
             raise NFMInputError(f"X: {type(self).__name__} needs at least 4 samples, got {n}")
-        rows = np.arange(n)
         stratify = None
         if self._classification:
-            _, counts = np.unique(y, return_counts=True)
-            n_val = int(np.ceil(self.validation_fraction * n))
+            _, counts = np.unique(labels, return_counts=True)
+            n_val = math.ceil(frac * n)
             if counts.min() >= 2 and n_val >= len(counts) and n - n_val >= len(counts):
-                stratify = y
+                stratify = labels
         fit_rows, val_rows = train_test_split(
-            rows,
-            test_size=self.validation_fraction,
-            random_state=self.random_state,
-            stratify=stratify,
+            np.arange(n), test_size=frac, random_state=self.random_state, stratify=stratify
         )
         return np.sort(fit_rows), np.sort(val_rows)
 
     def fit(self, X: Any, y: Any) -> _RFMSearch:
         """Fit every candidate on the internal training part, keep the best, refit on all data.
 
-        Sets ``cv_results_`` (list of dicts: params, validation_score, fit_seconds),
-        ``best_index_``, ``best_params_``, ``best_score_`` and, when ``refit``,
-        ``best_estimator_`` fitted on all of ``X, y``.
+        Sets ``cv_results_`` (scikit-learn's dict of arrays: ``params``, ``param_<name>``,
+        ``split0_test_score``, ``mean_test_score``, ``std_test_score``, ``rank_test_score``,
+        ``mean_fit_time``, ...), ``best_index_``, ``best_params_``, ``best_score_`` and
+        ``best_estimator_``: the best candidate refitted on all of ``X, y`` (``refit=True``) or
+        fitted on the internal training part only (``refit=False``). All are assigned at the
+        end, so a failed fit leaves the search as it was.
         """
-        estimator_class = self._estimator_class()
-        common = dict(self.estimator_params or {})
-        common.setdefault("random_state", self.random_state)
         candidates = self._candidates()
-        y_numpy = _to_numpy(y)
-        labels = y_numpy.reshape(len(y_numpy), -1)[:, 0] if self._classification else y_numpy
-        fit_rows, val_rows = self._split(labels)
-        X_fit, y_fit = _take(X, fit_rows), _take(y, fit_rows)
-        X_val, y_val = _take(X, val_rows), _take(y, val_rows)
-        results = []
-        best_index, best_score, best_model = -1, -np.inf, None
-        for index, candidate in enumerate(candidates):
-            params = {**common, **candidate}
-            start = time.perf_counter()
-            model = estimator_class(**params).fit(X_fit, y_fit)
-            score = float(model.score(X_val, y_val))
-            results.append(
-                {
-                    "params": candidate,
-                    "validation_score": score,
-                    "fit_seconds": time.perf_counter() - start,
-                }
-            )
-            if np.isfinite(score) and score > best_score:
-                best_index, best_score, best_model = index, score, model
-        if best_model is None:
+        fit_rows, val_rows = self._split(y)
+        grid = GridSearchCV(
+            self._base_estimator(),
+            [{key: [value] for key, value in c.items()} for c in candidates],
+            scoring="accuracy" if self._classification else "r2",
+            cv=[(fit_rows, val_rows)],
+            refit=bool(self.refit),
+            error_score="raise",
+        ).fit(X, y)
+        if not np.isfinite(grid.best_score_):
             raise NFMInputError(
                 f"{type(self).__name__}: no candidate reached a finite validation score"
             )
-        self.cv_results_ = results
-        self.best_index_ = best_index
-        self.best_params_ = dict(candidates[best_index])
-        self.best_score_ = best_score
+        best_params = dict(candidates[grid.best_index_])
         if self.refit:
-            self.best_estimator_ = estimator_class(**{**common, **self.best_params_}).fit(X, y)
-        else:
-            self.best_estimator_ = best_model
+            best = grid.best_estimator_
+        else:  # the chosen candidate as scored: fitted on the training part (deterministic)
+            best = clone(grid.estimator).set_params(**best_params)
+            best.fit(*_rows(X, y, fit_rows))
+        state = {
+            "cv_results_": grid.cv_results_,
+            "best_index_": int(grid.best_index_),
+            "best_params_": best_params,
+            "best_score_": float(grid.best_score_),
+            "best_estimator_": best,
+            "n_features_in_": best.n_features_in_,
+        }
         if self._classification:
-            self.classes_ = copy.copy(self.best_estimator_.classes_)
-        self.n_features_in_ = self.best_estimator_.n_features_in_
+            state["classes_"] = copy.copy(best.classes_)
+        if hasattr(best, "feature_names_in_"):
+            state["feature_names_in_"] = best.feature_names_in_
+        for key in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
+            delattr(self, key)
+        for key, value in state.items():
+            setattr(self, key, value)
         return self
 
     def _check_fitted(self) -> Any:
-        from sklearn.utils.validation import check_is_fitted
-
         check_is_fitted(self, "best_estimator_")
         return self.best_estimator_
 
@@ -233,6 +224,13 @@ class _RFMSearch(BaseEstimator):
         return self._check_fitted().feature_importances_
 
 
+def _rows(X: Any, y: Any, rows: np.ndarray) -> tuple[Any, Any]:
+    """``X[rows], y[rows]`` for numpy, pandas or torch data (scikit-learn's own indexing)."""
+    from sklearn.utils import _safe_indexing
+
+    return _safe_indexing(X, rows), _safe_indexing(y, rows)
+
+
 class RFMSearchClassifier(ClassifierMixin, _RFMSearch):
     """RFM classifier with a built-in search over kernel, bandwidth, reg and diag.
 
@@ -246,10 +244,19 @@ class RFMSearchClassifier(ClassifierMixin, _RFMSearch):
     validation_fraction : float
         Share of the rows held out (stratified) to score the candidates by accuracy.
     refit : bool
-        Refit the best candidate on all the data (default) or keep the one fitted on the
-        internal training part.
+        Refit the best candidate on all the data (default) or keep it fitted on the internal
+        training part.
     random_state : int, optional
         Seeds the internal split and every candidate.
+
+    Attributes
+    ----------
+    cv_results_ : dict of arrays
+        As :class:`sklearn.model_selection.GridSearchCV` (one split: ``split0_test_score``).
+    best_index_, best_params_, best_score_, best_estimator_
+        As in ``GridSearchCV``; ``best_params_`` is the winning candidate dict.
+    classes_, n_features_in_
+        Those of ``best_estimator_``.
     """
 
     _classification = True
@@ -267,7 +274,7 @@ class RFMSearchRegressor(RegressorMixin, _RFMSearch):
     """RFM regressor with a built-in search over kernel, bandwidth, reg and diag.
 
     Candidates are scored by validation R^2 = 1 - SSE / SST (same order as the validation
-    MSE). Parameters as in :class:`RFMSearchClassifier`.
+    MSE). Parameters and attributes as in :class:`RFMSearchClassifier`.
     """
 
     _classification = False
