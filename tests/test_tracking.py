@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from mixed_mode import mixed_mode_model, modes_and_flags
 from reference_agop import reference_agop
 from torch import nn
 
@@ -119,50 +120,25 @@ def test_model_left_unchanged(model, probe):
         assert not module._forward_pre_hooks and not module._forward_hooks
 
 
-def _mixed_mode_model() -> nn.Sequential:
-    """Training mode with a frozen batch norm and dropout and a frozen weight."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(
-            nn.Linear(6, 8),
-            nn.BatchNorm1d(8),  # frozen
-            nn.Tanh(),
-            nn.Dropout(0.5),  # frozen
-            nn.Linear(8, 8),  # weight with requires_grad=False
-            nn.BatchNorm1d(8),  # trains
-            nn.Dropout(0.5),  # trains
-            nn.Linear(8, 3),
-        )
-    model.train()
-    model[1].eval()
-    model[3].eval()
-    model[4].weight.requires_grad_(False)
-    return model
-
-
-def _modes_and_flags(model: nn.Module) -> tuple[list[bool], list[bool]]:
-    return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
-
-
 @pytest.mark.filterwarnings("ignore:module .* is in training mode")
 def test_record_restores_every_module_mode(probe):
-    model = _mixed_mode_model()
-    before = _modes_and_flags(model)
+    model = mixed_mode_model(nn.Tanh)
+    before = modes_and_flags(model)
     assert True in before[0] and False in before[0] and False in before[1]
     rows = NFATracker(model, probe).record(0)
     assert [r["layer"] for r in rows] == ["0", "4", "7"]
-    assert _modes_and_flags(model) == before
+    assert modes_and_flags(model) == before
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 @pytest.mark.filterwarnings("ignore:module .* is in training mode")
 def test_record_restores_every_module_mode_on_error():
-    model = _mixed_mode_model()
-    before = _modes_and_flags(model)
+    model = mixed_mode_model(nn.Tanh)
+    before = modes_and_flags(model)
     bad_probe = torch.randn(10, 5)  # the first layer expects 6 features: the model raises
     with pytest.raises(NFMInputError, match="expects in_features=6"):
         NFATracker(model, bad_probe).record(0)
-    assert _modes_and_flags(model) == before
+    assert modes_and_flags(model) == before
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 

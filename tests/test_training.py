@@ -11,36 +11,10 @@ import copy
 
 import pytest
 import torch
+from mixed_mode import mixed_mode_model, modes_and_flags
 from torch import nn
 
 from nfm.training import accuracy, make_mlp, train_classifier
-
-
-def mixed_mode_model() -> nn.Sequential:
-    with torch.random.fork_rng():  # reproducible weights; the global generator is restored
-        torch.manual_seed(0)
-        model = nn.Sequential(
-            nn.Linear(6, 8),
-            nn.BatchNorm1d(8),  # 1: frozen
-            nn.ReLU(),
-            nn.Dropout(0.5),  # 3: frozen
-            nn.Linear(8, 8),  # 4: weight frozen (requires_grad=False)
-            nn.BatchNorm1d(8),  # 5: trains
-            nn.Dropout(0.5),  # 6: trains
-            nn.Linear(8, 3),
-        )
-    model.train()
-    model[1].eval()
-    model[3].eval()
-    model[4].weight.requires_grad_(False)
-    return model
-
-
-def snapshot(model: nn.Module) -> tuple[list[bool], list[bool]]:
-    return (
-        [m.training for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-    )
 
 
 def data(n: int = 48, d: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +24,7 @@ def data(n: int = 48, d: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_mixed_mode_fixture_is_mixed():
-    modes, flags = snapshot(mixed_mode_model())
+    modes, flags = modes_and_flags(mixed_mode_model())
     assert True in modes and False in modes
     assert True in flags and False in flags
 
@@ -58,10 +32,10 @@ def test_mixed_mode_fixture_is_mixed():
 def test_accuracy_restores_every_module_mode():
     model = mixed_mode_model()
     reference = copy.deepcopy(model).eval()
-    before = snapshot(model)
+    before = modes_and_flags(model)
     X, y = data()
     value = accuracy(model, X, y, batch_size=16)
-    assert snapshot(model) == before
+    assert modes_and_flags(model) == before
     # an independent computation, whole model in eval mode
     with torch.no_grad():
         expected = int((reference(X).argmax(dim=1) == y).sum()) / X.shape[0]
@@ -70,19 +44,19 @@ def test_accuracy_restores_every_module_mode():
 
 def test_accuracy_restores_every_module_mode_on_error():
     model = mixed_mode_model()
-    before = snapshot(model)
+    before = modes_and_flags(model)
     X, y = data(d=5)  # the model expects 6 features
     with pytest.raises(RuntimeError):
         accuracy(model, X, y)
-    assert snapshot(model) == before
+    assert modes_and_flags(model) == before
 
 
 def test_train_classifier_restores_every_module_mode():
     model = mixed_mode_model()
-    before = snapshot(model)
+    before = modes_and_flags(model)
     X, y = data()
     train_classifier(model, X, y, epochs=2, batch_size=16, lr=1e-2)
-    assert snapshot(model) == before
+    assert modes_and_flags(model) == before
 
 
 class _FailingTracker:
@@ -98,13 +72,13 @@ class _FailingTracker:
 
 def test_train_classifier_restores_every_module_mode_on_error():
     model = mixed_mode_model()
-    before = snapshot(model)
+    before = modes_and_flags(model)
     X, y = data()
     tracker = _FailingTracker(fail_at=2)
     with pytest.raises(RuntimeError, match="tracker failed at step 2"):
         train_classifier(model, X, y, epochs=3, batch_size=16, tracker=tracker, track_every=2)
     assert tracker.steps == [0, 2]
-    assert snapshot(model) == before
+    assert modes_and_flags(model) == before
 
 
 def _modes_during_gradient_steps(model: nn.Module, names: list[str]) -> tuple[dict, list]:
