@@ -27,7 +27,7 @@ import torch
 from nfm.kernels import Kernel
 from nfm.rfm.metric import MetricUpdate
 from nfm.rfm.scoring import Scores
-from nfm.rfm.selection import SelectionRule
+from nfm.rfm.selection import REFIT_CG_TOL, SelectionRule
 from nfm.solvers import cholesky_solve, conjugate_gradient_solve
 
 __all__ = [
@@ -363,7 +363,14 @@ def refit(
     rebuild = _gram_filler(settings, X, M)
     K = rebuild(torch.empty((n, n), dtype=X.dtype, device=X.device))
     return solve_ridge(
-        K, Y, reg, solver=settings.solver, rebuild=rebuild, initial=initial, generator=generator
+        K,
+        Y,
+        reg,
+        solver=settings.solver,
+        rebuild=rebuild,
+        initial=initial,
+        generator=generator,
+        tol=REFIT_CG_TOL[X.dtype == torch.float64],
     )
 
 
