@@ -296,7 +296,7 @@ def write_results(payload: dict, device: str) -> tuple[Path, Path]:
         f"Produced by `{payload['command']}` on {m['date_utc']}.",
         f"Machine: {m['cpu']}, {m['cores']} cores "
         f"({m['torch_threads']} torch threads){', GPU ' + m['gpu'] if 'gpu' in m else ''}; "
-        f"torch {m['torch']}; `{m['uname']}`.",
+        f"torch {m['versions']['torch']}; `{m['uname']}`.",
         "",
         f"float32 matmul rate measured in the same run: {rate / 1e9:.1f} GFLOP/s.",
         "",
