@@ -44,6 +44,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -131,7 +132,7 @@ class _Split:
     agop_rows: np.ndarray
 
 
-class _BaseRFM(BaseEstimator):
+class _BaseRFM(BaseEstimator, ABC):
     """Parameters, validation, the call of the fit loop and prediction; see RFMRegressor."""
 
     _is_classifier = False
@@ -192,8 +193,9 @@ class _BaseRFM(BaseEstimator):
         return tags
 
     # ------------------------------------------------------------------ task-specific parts
+    @abstractmethod
     def _encode_targets(self, y: np.ndarray, params: CheckedParams) -> _Targets:
-        raise NotImplementedError
+        """Targets as the float matrix the ridge systems solve for, and their decoding."""
 
     def _scorer(self) -> Callable[[torch.Tensor, torch.Tensor], Scores]:
         return classification_scores if self._is_classifier else regression_scores
