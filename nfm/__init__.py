@@ -14,10 +14,16 @@ loads neither scikit-learn, pandas nor matplotlib.
 The package, one job per subpackage:
 
 ==================  ==========================================================================
-``nfm.models``      layer selection, layer adapters, input hooks, restoring a model's state
-``nfm.features``    data chunks, the gradient engine, mergeable sums, AGOP and NFM front ends
+``nfm.models``      layer selection, layer adapters and probes (linear, conv patches, attention
+                    heads), hooks, restoring a model's state
+``nfm.features``    data chunks, the gradient engine, mergeable sums, AGOP and NFM front ends,
+                    output selection and the random sketch
+``nfm.hf``          pretrained Hugging Face transformers offline: loaders, text, output selection,
+                    per-block analysis (optional extra ``hf``)
+``nfm.distributed`` AGOP sums reduced across torch.distributed ranks, exact shards, DDP/FSDP
 ``nfm.ansatz``      NFA correlations, the best alpha, per-layer reports
 ``nfm.tracking``    the NFA tracker and its tidy history
+``nfm.diagnostics`` why a model does not learn: signal through depth, ranks, dead units, verdicts
 ``nfm.linalg``      PSD matrix powers and matrix correlations
 ``nfm.kernels``     RFM kernels with closed-form input gradients
 ``nfm.solvers``     kernel ridge solvers (Cholesky, conjugate gradients)
@@ -44,6 +50,8 @@ _EXPORTS: dict[str, str] = {
     "accumulate_agop": "nfm.features.agop",
     "compute_agop": "nfm.features.agop",
     "compute_nfm": "nfm.features.nfm",
+    "GaussianSketch": "nfm.features.outputs",
+    "HeadSplit": "nfm.models.adapters.probes",
     "LayerSelectionError": "nfm.exceptions",
     "NFMError": "nfm.exceptions",
     "NFMInputError": "nfm.exceptions",
@@ -68,6 +76,8 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "INPUT_KEY",
     "AGOPAccumulator",
+    "GaussianSketch",
+    "HeadSplit",
     "LayerSelectionError",
     "NFAReport",
     "NFATracker",
@@ -115,8 +125,10 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the eager imports
     from nfm.features.accumulator import AGOPAccumulator
     from nfm.features.agop import accumulate_agop, compute_agop
     from nfm.features.nfm import compute_nfm
+    from nfm.features.outputs import GaussianSketch
     from nfm.linalg.correlation import matrix_correlation
     from nfm.linalg.matrix_functions import symmetric_matrix_power
+    from nfm.models.adapters.probes import HeadSplit
     from nfm.models.selection import INPUT_KEY, select_layers
     from nfm.rfm.estimators import RFMClassifier, RFMRegressor
     from nfm.rfm.search import RFMSearchClassifier, RFMSearchRegressor

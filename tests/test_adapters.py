@@ -1,5 +1,5 @@
 """Tests of nfm.models.adapters: the layer families nfm knows (their input layout and their
-(out, in) weight), the refusals (convolutions until the patch-space AGOP exists, inputs of
+(out, in) weight), the refusals (transposed convolutions, inputs of
 unknown layout), and layouts declared by the user with register_adapter. AGOPs are checked
 against the independent hand-split ``jacrev`` reference."""
 
@@ -234,7 +234,7 @@ def test_bilinear_agop_is_with_respect_to_its_first_input():
 
 
 # ---------------------------------------------------------------------------------------------
-# Convolutions: NFM in patch space, AGOP refused until the patch-space AGOP exists
+# Convolutions: NFM in patch space (the patch AGOP is tested in test_conv_agop.py)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -251,29 +251,6 @@ class SmallCNN(nn.Module):
 
 def images(n=4, c=2, h=4, w=4):
     return torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-
-
-@pytest.mark.parametrize("layers", ["conv", nn.Conv2d, ["conv", "fc"]], ids=["name", "type", "mix"])
-def test_convolution_agop_is_refused(layers):
-    # before, this took the AGOP over the image width (a 3x3 matrix here) while compute_nfm is
-    # in patch space (8x8): nfa_report then correlated unrelated matrices
-    with pytest.raises(LayerSelectionError, match=r"'conv' \(Conv2d\).*\(4, 2, 4, 4\)") as info:
-        compute_agop(SmallCNN().double(), images(), layers=layers)
-    assert "patch-space AGOP for convolutions is not implemented yet" in str(info.value)
-    with pytest.raises(LayerSelectionError, match="patch-space AGOP"):
-        nfa_report(SmallCNN().double(), images(), layers=layers)
-
-
-@pytest.mark.parametrize(
-    "conv",
-    [nn.Conv1d(2, 3, 3), nn.Conv3d(2, 2, 2), nn.ConvTranspose2d(2, 3, 2)],
-    ids=["conv1d", "conv3d", "transposed"],
-)
-def test_every_convolution_agop_is_refused(conv):
-    model = nn.Sequential(conv, nn.Flatten()).double()
-    x = torch.randn(3, 2, *([4] * (conv.weight.ndim - 2)), dtype=torch.float64)
-    with pytest.raises(LayerSelectionError, match="patch-space AGOP for convolutions"):
-        compute_agop(model, x, layers="0")
 
 
 def test_cnn_default_selection_still_works():
@@ -301,7 +278,7 @@ def test_convolution_nfm_is_the_patch_space_weight(groups):
     assert torch.allclose(nfm, w.T @ w, rtol=1e-14, atol=0)
 
 
-def test_transposed_convolution_has_no_nfm_yet():
+def test_transposed_convolution_has_no_nfm():
     with pytest.raises(LayerSelectionError, match="transposed convolution"):
         compute_nfm(nn.Sequential(nn.ConvTranspose2d(2, 3, 2)), nn.ConvTranspose2d)
 

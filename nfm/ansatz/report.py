@@ -21,10 +21,10 @@ from nfm.exceptions import LayerSelectionError, NFMInputError
 from nfm.features.agop import run_agop_pass
 from nfm.features.jacobians import is_same_tensor
 from nfm.features.nfm import compute_nfm
-from nfm.features.outputs import OutputSpec
+from nfm.features.outputs import OutputSpec, check_sketch_not_centered
 from nfm.linalg import CorrelationKind, matrix_correlation, power_from_eigh, psd_eigh
 from nfm.models.adapters import adapter_for
-from nfm.models.selection import LayerSpec, select_layers
+from nfm.models.selection import HeadsSpec, LayerSpec, select_layers
 from nfm.models.state import ModelState
 
 __all__ = [
@@ -103,6 +103,8 @@ AGOP_OPTIONS = (
     "vectorize",
     "check_independence",
     "verbose",
+    "process_group",
+    "heads",
 )
 """The keyword arguments of :func:`nfm.features.compute_agop` that :func:`layer_agops` takes."""
 
@@ -139,13 +141,14 @@ def layer_agops(
     outputs: OutputSpec = None,
     centered: bool = False,
     caller: str = "nfa_report",
+    heads: HeadsSpec = None,
     **agop_kwargs: Any,
 ) -> LayerAGOPs:
     """One AGOP pass over ``data`` for the selected layers (no input AGOP).
 
     ``agop_kwargs`` are those of :func:`nfm.features.compute_agop` (``dtype``, ``chunk_size``
     or its alias ``batch_size``, ``output_chunk_size``, ``vectorize``, ``check_independence``,
-    ``verbose``); any other name is an error naming ``caller``.
+    ``verbose``, ``process_group``); any other name is an error naming ``caller``.
     """
     agop_kwargs = dict(agop_kwargs)
     agop_kwargs.pop("include_input", None)
@@ -159,9 +162,11 @@ def layer_agops(
         "vectorize": agop_kwargs.pop("vectorize", True),
         "check_independence": agop_kwargs.pop("check_independence", True),
         "verbose": agop_kwargs.pop("verbose", False),
+        "process_group": agop_kwargs.pop("process_group", None),  # see nfm.distributed
     }
     if agop_kwargs:
         raise NFMInputError(f"unknown keyword argument(s) for {caller}: {sorted(agop_kwargs)}")
+    check_sketch_not_centered(outputs, centered)
     acc, kind, run = run_agop_pass(
         model,
         data,
@@ -169,6 +174,7 @@ def layer_agops(
         include_input=False,
         outputs=outputs,
         chunk_size=chunk_size,
+        heads=heads,
         **settings,
     )
     agops = acc.result(centered=centered, dtype=run.dtype)
@@ -187,13 +193,17 @@ class NFAReport:
     so AGOP = NFM exactly and the correlation is not evidence), one column per
     (kind, alpha, exclude_diagonal) named by :func:`correlation_column`, ``best_alpha`` and
     ``best_corr`` (fitted with the first kind and diagonal setting), ``nfm_trace`` and
-    ``agop_trace``.
+    ``agop_trace``. A report made with ``null=`` also has ``null`` (the null's kind),
+    ``null_correlation`` (the ``headline_column`` statistic for the null model) and ``lift``
+    (the layer's value minus its null), and keeps the null model's whole report in ``null``.
     """
 
     rows: list[dict[str, Any]]
     nfm: dict[str, torch.Tensor]
     agop: dict[str, Any]
     columns: list[str] = field(default_factory=list)
+    headline_column: str = ""
+    null: NFAReport | None = None
 
     def to_frame(self) -> Any:
         """The rows as a pandas DataFrame (or the list of dicts when pandas is missing)."""
@@ -224,6 +234,9 @@ def nfa_report(
     alpha_bounds: tuple[float, float] = (0.05, 2.0),
     outputs: OutputSpec = None,
     centered: bool = False,
+    heads: HeadsSpec = None,
+    null: str | None = None,
+    null_seed: Any = 0,
     **agop_kwargs: Any,
 ) -> NFAReport:
     r"""NFA correlation of every selected layer, as a table.
@@ -233,12 +246,27 @@ def nfa_report(
     combination of ``alphas``, ``kinds`` and ``exclude_diagonal``
     (:math:`\rho(\mathrm{NFM}_l, \mathrm{AGOP}_l^\alpha)`, :func:`nfa_correlation`; each AGOP
     is eigendecomposed once, in float64). Layers whose output is the model output are flagged
-    ``by_construction`` (detected during the AGOP pass).
+    ``by_construction`` (detected during the AGOP pass). With ``process_group=`` (see
+    :func:`nfm.features.compute_agop`) ``data`` is this rank's shard and every rank of the
+    group gets the report of the whole data set.
+
+    With ``null="shuffled"`` or ``"reinit"`` the same report (same layers, data, alphas,
+    kinds, centring, options) is computed for a null copy of the model
+    (:func:`nfm.ansatz.null.null_model`: each selected layer's weight entries permuted, or the
+    whole model re-initialised; seeded by ``null_seed``, the model itself untouched), and each
+    row gets ``null``, ``null_correlation`` (the first correlation column, ``headline_column``,
+    for the null model) and ``lift`` = value - null. ``data`` is then read twice: pass a
+    tensor, an array or a re-iterable loader.
 
     Returns
     -------
     NFAReport
     """
+    if null is not None:
+        from nfm.ansatz.null import NULL_KINDS
+
+        if null not in NULL_KINDS:
+            raise NFMInputError(f"null must be one of {list(NULL_KINDS)} or None; got {null!r}")
     if isinstance(exclude_diagonal, bool):
         exclude_diagonal = (exclude_diagonal,)
     alphas = tuple(float(a) for a in alphas)
@@ -251,9 +279,9 @@ def nfa_report(
             raise NFMInputError(f"kinds must hold 'pearson' or 'cosine'; got {kind!r}")
     if fit_best_alpha:
         check_fit_settings(alpha_bounds, 25)
-    nfms = compute_nfm(model, layers)
+    nfms = compute_nfm(model, layers, heads=heads)
     pass_result = layer_agops(
-        model, data, layers=list(nfms), outputs=outputs, centered=centered, **agop_kwargs
+        model, data, layers=layers, outputs=outputs, centered=centered, heads=heads, **agop_kwargs
     )
     agops = pass_result.agops
     identity_holds = outputs is None and not centered  # AGOP = NFM at an output layer
@@ -297,4 +325,37 @@ def nfa_report(
         row["agop_trace"] = float(torch.trace(agop_matrix.double()))
         rows.append(row)
     agop_out = {name: restore_kind(value, pass_result.kind) for name, value in agops.items()}
-    return NFAReport(rows=rows, nfm=nfms, agop=agop_out, columns=columns)
+    headline = correlation_column(kinds[0], alphas[0], diags[0])
+    null_report = None
+    if null is not None:
+        from nfm.ansatz.null import null_model
+
+        names = list(select_layers(model, layers))  # names, so that they select in the copy
+        null_report = nfa_report(
+            null_model(model, null, layers=names, seed=null_seed),
+            data,
+            layers=names,
+            alphas=alphas,
+            kinds=kinds,
+            exclude_diagonal=diags,
+            fit_best_alpha=fit_best_alpha,
+            alpha_bounds=alpha_bounds,
+            outputs=outputs,
+            centered=centered,
+            heads=heads,
+            **agop_kwargs,
+        )
+        null_values = {r["layer"]: r[headline] for r in null_report.rows}
+        for row in rows:
+            row["null"] = null
+            row["null_correlation"] = null_values.get(row["layer"], float("nan"))
+            row["lift"] = row[headline] - row["null_correlation"]
+        columns += ["null", "null_correlation", "lift"]
+    return NFAReport(
+        rows=rows,
+        nfm=nfms,
+        agop=agop_out,
+        columns=columns,
+        headline_column=headline,
+        null=null_report,
+    )

@@ -23,7 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "analyze": (
         "nfm.cli.analyze",
-        "analyse a saved model on your own data file and write the same report",
+        "analyse a saved model on your own data file (or, with --hf, a pretrained "
+        "transformer per block on built-in text) and write the same report",
     ),
     "tabular": (
         "nfm.cli.tabular",
@@ -32,6 +33,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "grokking": (
         "nfm.cli.grokking",
         "grokking of modular arithmetic by an RFM and by a neural network",
+    ),
+    "cnn": (
+        "nfm.cli.cnn",
+        "train a small CNN on Fashion-MNIST, track its filters' patch-space NFA",
+    ),
+    "diagnose": (
+        "nfm.cli.diagnose",
+        "why doesn't a model learn? per-layer signal, ranks, dead units and a verdict",
     ),
 }
 DEFAULT_COMMAND = "train"

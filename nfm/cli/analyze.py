@@ -1,5 +1,8 @@
 """``nfm analyze MODEL DATA``: the feature-matrix report of your own saved model on your data.
 
+``nfm analyze --hf minilm|smollm2|PATH`` analyses a pretrained transformer instead, per block, on
+text that ships with Python (:mod:`nfm.hf.job`; needs the ``hf`` extra).
+
 MODEL is either
 
 * a **TorchScript** file (``torch.jit.script(model).save(path)`` or ``torch.jit.trace``). nfm
@@ -73,8 +76,8 @@ _REBUILDABLE: dict[str, tuple[str, ...]] = {
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the arguments of ``nfm analyze``."""
-    parser.add_argument("model", help="TorchScript file or full pickled nn.Module (.pt)")
-    parser.add_argument("data", help="inputs as .npz (X, optional y), .npy or .csv")
+    parser.add_argument("model", nargs="?", help="TorchScript file or full pickled nn.Module (.pt)")
+    parser.add_argument("data", nargs="?", help="inputs as .npz (X, optional y), .npy or .csv")
     parser.add_argument(
         "--output-dir", default="nfm-analysis", help="report folder (default ./nfm-analysis)"
     )
@@ -101,6 +104,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch default)"
     )
     parser.add_argument("--dpi", type=int, default=100, help="resolution of the PNGs")
+    from nfm.hf.job import add_arguments as add_hf_arguments
+
+    add_hf_arguments(parser)
 
 
 # ---------------------------------------------------------------------------- model loading
@@ -360,6 +366,16 @@ def _run(args: argparse.Namespace) -> int:
     from nfm.cli.train import format_nfa_summary, standard_figures
     from nfm.viz.report import write_report
 
+    if getattr(args, "hf", None) is not None:
+        from nfm.hf.job import run_hf
+
+        print(run_hf(args))
+        return 0
+    if args.model is None or args.data is None:
+        raise NFMInputError(
+            "nfm analyze needs a MODEL file and a DATA file (or --hf MODEL for a pretrained "
+            "transformer)"
+        )
     started = time.perf_counter()
     for label, value in (("max-samples", args.max_samples), ("dpi", args.dpi)):
         if value < 1:
@@ -404,6 +420,8 @@ def _run(args: argparse.Namespace) -> int:
         kinds=("pearson", "cosine"),
         exclude_diagonal=(False, True),
         fit_best_alpha=True,
+        null="shuffled",
+        null_seed=args.seed,
     )
     for row in final.rows:
         metrics[f"nfa_{row['layer']}_pearson_a0.5"] = row["pearson_a0.5"]

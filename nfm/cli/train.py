@@ -154,11 +154,25 @@ def standard_figures(
         if int(torch.tensor(list(image_shape)).prod()) == d_first:
             image = tuple(int(s) for s in image_shape)
 
+    null_values = {
+        row["layer"]: row["null_correlation"] for row in report.rows if "null_correlation" in row
+    }
+    null_label = f"{report.rows[0]['null']} weights" if null_values else "null"
+    initial: dict[str, float] = {}
     if history is not None:
-        figures["nfa_history"] = plotting.plot_nfa_history(history)
+        from nfm.tracking.history import as_history
+
+        initial = {
+            r["layer"]: r["first"] for r in as_history(history).first_and_last(HEADLINE_COLUMN)
+        }
+        figures["nfa_history"] = plotting.plot_nfa_history(
+            history, null_values=null_values or None, null_label=null_label
+        )
         captions["nfa_history"] = (
             "Pearson correlation between each layer's NFM and AGOP^1/2 on the probe set "
-            "during training (grey dotted: holds by construction), with accuracy and loss."
+            "during training (grey dotted: holds by construction), with accuracy and loss; "
+            "dashed: the same statistic for the trained network with its weights shuffled "
+            "(the null), and each curve's first value (at initialisation) written at its end."
         )
         figures["feature_change"] = plotting.plot_feature_change(history)
         captions["feature_change"] = (
@@ -188,11 +202,26 @@ def standard_figures(
             continue
         stem = f"feature_matrices_{_file_stem(name)}"
         figures[stem] = plotting.plot_feature_matrices(
-            report.nfm[name], report.agop[name], alpha=alpha, layer=name, robust=True
+            report.nfm[name],
+            report.agop[name],
+            alpha=alpha,
+            layer=name,
+            robust=True,
+            null_correlation=rows.get(name, {}).get("null_correlation"),
+            null_label=null_label,
+            initial_correlation=initial.get(name),
+            by_construction=bool(rows.get(name, {}).get("by_construction")),
         )
         captions[stem] = (
             f"NFM and AGOP^{alpha:g} of layer {name}, each on its own symmetric colour scale "
             "clipped at the 99.5th percentile of |entries|."
+        )
+    if null_values:
+        figures["nfa_lift"] = plotting.plot_nfa_lift(report, history=history)
+        captions["nfa_lift"] = (
+            "Each layer's NFA correlation beside the null (the same statistic for the trained "
+            "network with its weights shuffled) and its value at initialisation: the lift is "
+            "what training added. Hatched: the output layer, where NFM = AGOP by construction."
         )
     if first is not None:
         figures["top_eigenvectors"] = plotting.plot_top_eigenvectors(
@@ -226,6 +255,8 @@ def format_nfa_summary(rows: Sequence[Mapping[str, Any]], column: str = HEADLINE
     lines = [f"  NFA correlation per layer ({column.replace('_a', ', alpha=')}):"]
     for r in rows:
         text = f"    {r['layer']:<{width}}  d={r['d']:<4}  {r.get(column, float('nan')):.3f}"
+        if "null_correlation" in r:
+            text += f"   null ({r['null']}) {r['null_correlation']:.3f}, lift {r['lift']:+.3f}"
         if "best_alpha" in r:
             text += f"   (best alpha {r['best_alpha']:.2f}: {r['best_corr']:.3f})"
         if r.get("by_construction"):
@@ -311,6 +342,8 @@ def _run(args: argparse.Namespace) -> int:
         kinds=("pearson", "cosine"),
         exclude_diagonal=(False, True),
         fit_best_alpha=True,
+        null="shuffled",
+        null_seed=args.seed,
     )
     figures, captions = standard_figures(
         model,

@@ -10,6 +10,13 @@ the front ends :func:`compute_agop` (:mod:`~nfm.features.agop`) and :func:`compu
 from nfm.features.accumulator import AGOPAccumulator
 from nfm.features.agop import accumulate_agop, compute_agop
 from nfm.features.nfm import compute_nfm
-from nfm.features.outputs import OutputSpec
+from nfm.features.outputs import GaussianSketch, OutputSpec
 
-__all__ = ["AGOPAccumulator", "OutputSpec", "accumulate_agop", "compute_agop", "compute_nfm"]
+__all__ = [
+    "AGOPAccumulator",
+    "GaussianSketch",
+    "OutputSpec",
+    "accumulate_agop",
+    "compute_agop",
+    "compute_nfm",
+]

@@ -38,10 +38,10 @@ class AGOPAccumulator:
     centred AGOP is ``sum_jtj / n_rows - Jbar^T Jbar`` with ``Jbar = sum_j / n_rows``.
 
     Every field is a plain sum, so accumulators over disjoint data merge exactly with
-    :meth:`merge`, and a distributed all-reduce is::
-
-        for t in acc.tensors():
-            torch.distributed.all_reduce(t)   # SUM
+    :meth:`merge`, and across processes with :func:`nfm.distributed.reduce_accumulator`, which
+    checks first that every rank holds the same keys and shapes (a bare ``all_reduce`` of
+    :meth:`tensors` would add misaligned tensors when they differ), lets ranks with no samples
+    take part, and sends all sums in one collective.
 
     Parameters
     ----------
@@ -76,8 +76,8 @@ class AGOPAccumulator:
     def tensors(self) -> list[torch.Tensor]:
         """The raw float64 sum tensors (counts, sum_jtj, sum_j per key, in key order).
 
-        Updating them in place (e.g. ``torch.distributed.all_reduce``) updates the
-        accumulator; every one is a plain sum over data.
+        Updating them in place updates the accumulator; every one is a plain sum over data
+        (to sum them across processes, use :func:`nfm.distributed.reduce_accumulator`).
         """
         return [t for key in self._state for t in self._state[key]]
 
@@ -287,12 +287,26 @@ class PartialSums:
         twin.n_samples, twin.n_rows, twin.pending = self.n_samples, self.n_rows, self.pending
         return twin
 
-    def add_to(self, accumulator: AGOPAccumulator, key: str) -> None:
-        """Add these sums to ``accumulator`` under ``key`` (in float64)."""
+    def add_to(
+        self, accumulator: AGOPAccumulator, key: str, transform: torch.Tensor | None = None
+    ) -> None:
+        r"""Add these sums to ``accumulator`` under ``key`` (in float64).
+
+        With ``transform`` :math:`W` (``(e, d)``), the sums were collected for rows
+        :math:`g` and the Jacobians are :math:`J = g W`: what is added is
+        :math:`W^T (\sum g^T g) W` and :math:`(\sum g) W`, computed in float64 (exact
+        algebra, one product per flush instead of one per row).
+        """
         if self.gram is None or self.pending == 0:
             return
         counts = torch.tensor([float(self.n_samples), float(self.n_rows)], dtype=torch.float64)
-        accumulator._add(key, counts, _symmetric_from_upper(self.gram), self.sum_j)
+        gram, sum_j = _symmetric_from_upper(self.gram), self.sum_j
+        if transform is not None:
+            w = transform.to(device=gram.device, dtype=torch.float64)
+            gram = w.T @ gram.double() @ w
+            gram = 0.5 * (gram + gram.T)
+            sum_j = sum_j.double() @ w
+        accumulator._add(key, counts, gram, sum_j)
 
     def reset(self) -> None:
         if self.gram is not None and self.sum_j is not None:

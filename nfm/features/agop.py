@@ -22,13 +22,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nfm._utils.arrays import ArrayKind, restore_kind, to_tensor
+from nfm.distributed.models import reject_sharded, unwrap_data_parallel
 from nfm.exceptions import LayerSelectionError, NFMInputError
 from nfm.features.accumulator import AGOPAccumulator
 from nfm.features.data import iter_chunks, prepare_chunk
 from nfm.features.jacobians import AGOPPass
-from nfm.features.outputs import OutputSpec
+from nfm.features.outputs import OutputSpec, check_sketch_not_centered
 from nfm.models.hooks import LayerInputPerturbation
-from nfm.models.selection import LayerSpec, select_layers
+from nfm.models.selection import (
+    HeadsSpec,
+    LayerSpec,
+    lift_attention_projections,
+    resolve_heads,
+    select_layers,
+)
 from nfm.models.state import ModelState, check_sample_independence, model_device_dtype
 
 __all__ = ["accumulate_agop", "compute_agop", "run_agop_pass"]
@@ -47,13 +54,17 @@ def accumulate_agop(
     vectorize: bool = True,
     check_independence: bool = True,
     accumulator: AGOPAccumulator | None = None,
+    heads: HeadsSpec = None,
     verbose: bool = False,
+    process_group: Any = None,
 ) -> AGOPAccumulator:
     """Partial sums of the AGOP of every selected layer over ``data`` (see :func:`compute_agop`).
 
     Returns an :class:`AGOPAccumulator` (``accumulator`` itself when given, updated in place),
     so that results over several data shards or processes can be merged before
-    :meth:`AGOPAccumulator.result` is called. Arguments as in :func:`compute_agop`.
+    :meth:`AGOPAccumulator.result` is called. Arguments as in :func:`compute_agop`; with a
+    ``process_group`` the sums of this call's data are reduced over the group first and then
+    merged into ``accumulator``.
     """
     acc, _, _ = run_agop_pass(
         model,
@@ -67,6 +78,8 @@ def accumulate_agop(
         vectorize=vectorize,
         check_independence=check_independence,
         verbose=verbose,
+        heads=heads,
+        process_group=process_group,
     )
     if accumulator is not None:
         return accumulator.merge(acc)
@@ -86,9 +99,32 @@ def run_agop_pass(
     vectorize: bool,
     check_independence: bool,
     verbose: bool,
+    heads: HeadsSpec = None,
+    process_group: Any = None,
+    allow_empty: bool = False,
 ) -> tuple[AGOPAccumulator, ArrayKind, AGOPPass]:
+    if process_group is not None:  # this rank's pass, then one checked all-reduce
+        from nfm.distributed.agop import distributed_agop_pass
+
+        return distributed_agop_pass(
+            model,
+            data,
+            process_group=process_group,
+            dtype=dtype,
+            layers=layers,
+            include_input=include_input,
+            outputs=outputs,
+            chunk_size=chunk_size,
+            output_chunk_size=output_chunk_size,
+            vectorize=vectorize,
+            check_independence=check_independence,
+            verbose=verbose,
+            heads=heads,
+        )
     if not isinstance(model, nn.Module):
         raise NFMInputError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    reject_sharded(model)  # FSDP: see nfm.distributed.full_replica
+    forward_model = unwrap_data_parallel(model)  # DDP's own forward would add collectives
     if (
         isinstance(chunk_size, bool)
         or not isinstance(chunk_size, (int, np.integer))
@@ -123,11 +159,13 @@ def run_agop_pass(
         raise LayerSelectionError("no layer selected and include_input=False: nothing to compute")
     check_sample_independence(model)
     model_device, model_dtype = model_device_dtype(model)
-    kind, total, chunks = iter_chunks(data, int(chunk_size))
+    kind, total, chunks = iter_chunks(data, int(chunk_size), allow_empty=allow_empty)
     compute_dtype = dtype or model_dtype
     run: AGOPPass | None = None
     n_seen = 0
-    with ModelState(model), LayerInputPerturbation(model, selected) as hooks:
+    selected = lift_attention_projections(model, selected)
+    head_splits = resolve_heads(heads, selected)
+    with ModelState(model), LayerInputPerturbation(model, selected, head_splits) as hooks:
         bar = tqdm(total=total, disable=not verbose, desc="AGOP", unit="sample")
         try:
             for start, raw in chunks:
@@ -139,8 +177,9 @@ def run_agop_pass(
                             raw_t.dtype if raw_t.is_floating_point() else torch.get_default_dtype()
                         )
                     run = AGOPPass(
-                        model,
+                        forward_model,
                         selected,
+                        hooks.probes,
                         include_input=include_input,
                         outputs=outputs,
                         dtype=compute_dtype,
@@ -159,9 +198,22 @@ def run_agop_pass(
                 run.process(x, start, hooks)
                 n_seen += x.shape[0]
                 bar.update(x.shape[0])
+            if run is None and allow_empty:  # an empty shard: no sums, the keys of the pass
+                run = AGOPPass(
+                    forward_model,
+                    selected,
+                    hooks.probes,
+                    include_input=include_input,
+                    outputs=outputs,
+                    dtype=compute_dtype or torch.get_default_dtype(),
+                    device=model_device or torch.device("cpu"),
+                    vectorize=vectorize,
+                    output_chunk_size=output_chunk_size,
+                    check_independence=check_independence,
+                )
         finally:
             bar.close()
-    if run is None or n_seen == 0:
+    if run is None or (n_seen == 0 and not allow_empty):
         shape = tuple(data.shape) if isinstance(data, (torch.Tensor, np.ndarray)) else None
         raise NFMInputError(
             "data is empty: no samples to average over"
@@ -193,7 +245,9 @@ def compute_agop(
     output_chunk_size: int | None = None,
     vectorize: bool = True,
     check_independence: bool = True,
+    heads: HeadsSpec = None,
     verbose: bool = False,
+    process_group: Any = None,
 ) -> dict[str, Any]:
     r"""AGOP with respect to the input of every selected layer (and of the model), in one pass.
 
@@ -215,11 +269,19 @@ def compute_agop(
       ``(batch, t_1, ..., d)`` has ``t_1 * ...`` positions (tokens), the Jacobian of each
       position is one term and the average runs over samples and positions
       (:math:`\frac{1}{n T}\sum_i\sum_t J_{i,t}^T J_{i,t}`). Any layer with a
-      ``(batch, features)`` input works. Convolutions are refused (their AGOP belongs in patch
-      space, which is not implemented yet), and so is any other layer whose input has three or
-      more dimensions and no declared layout (``register_adapter``). The model input is taken
-      as one flattened vector per sample (an image ``(C, H, W)`` gives a ``C H W`` square AGOP).
-    * **Outputs.** The model output is flattened per sample to ``c`` entries.
+      ``(batch, features)`` input works. Convolutions (``nn.Conv1d/2d/3d``) are read in patch
+      space: the Jacobian with respect to each unfolded input patch (``C_in * prod(kernel)``
+      features), averaged over samples and output positions, the space of the filter NFM
+      (:mod:`nfm.models.adapters.conv`). ``nn.MultiheadAttention`` gives the AGOPs of its
+      query, key, value and output projections (keys ``name.q``, ``.k``, ``.v``,
+      ``.out_proj``; per head with ``heads``), and selecting its ``out_proj`` (which it calls
+      functionally) selects it. Transposed convolutions are refused, and so is any other layer
+      whose input has three or more dimensions and no declared layout
+      (``register_adapter``). The model input is taken as one flattened vector per sample (an
+      image ``(C, H, W)`` gives a ``C H W`` square AGOP).
+    * **Outputs.** The model output is flattened per sample to ``c`` entries; a Hugging Face
+      ``ModelOutput`` (or any object or dict with a ``logits`` tensor) is read as its
+      ``logits``.
     * **Samples must not interact.** The Jacobians of a whole chunk come from one backward pass
       over the summed outputs, which is exact only when each output depends on its own sample
       alone. The model is put in eval mode for the computation (dropout off, batch-norm on its
@@ -245,9 +307,12 @@ def compute_agop(
         Which layers (see :func:`nfm.models.selection.select_layers`); default every ``nn.Linear``.
     include_input : bool
         Also return the AGOP with respect to the model input, under key ``"input"`` (first).
-    outputs : None, int, sequence of int, or (k, c) matrix
+    outputs : None, int, sequence of int, (k, c) matrix, or GaussianSketch
         ``None``: sum over all ``c`` outputs; an int: that output only; a sequence: those
-        outputs; a matrix :math:`P`: the AGOP of :math:`P f`.
+        outputs; a matrix :math:`P`: the AGOP of :math:`P f`;
+        :class:`~nfm.features.outputs.GaussianSketch` ``(k)``: an unbiased random sketch with
+        ``k`` probes per sample, for huge output spaces (error stated in
+        :mod:`nfm.features.outputs`).
     centered : bool
         Subtract the mean Jacobian (see :meth:`AGOPAccumulator.result` on accuracy).
     dtype : torch.dtype, optional
@@ -268,6 +333,13 @@ def compute_agop(
         Compare the first sample's output alone and in its batch (one extra tiny forward).
     verbose : bool
         Show a progress bar.
+    process_group : None, "default" or torch.distributed.ProcessGroup
+        ``None`` (default): this process's data alone, no communication, even when
+        ``torch.distributed`` is initialised. ``"default"`` or a group: ``data`` is this
+        rank's shard (disjoint from the other ranks', e.g. :func:`nfm.distributed.shard_rows`
+        or :class:`nfm.distributed.ShardSampler`; a shard may be empty), every rank of the
+        group must call, and every rank gets the AGOP of the union of the shards
+        (:func:`nfm.distributed.reduce_accumulator`; ``docs/distributed.md``).
 
     Returns
     -------
@@ -282,12 +354,13 @@ def compute_agop(
         the model rejects (the message names the data shape and the layer's expected features).
     LayerSelectionError
         Unknown layer names, a selected layer the forward pass never calls (or calls twice),
-        a convolution layer (patch-space AGOP not implemented yet), or a layer input of three
-        or more dimensions whose layout no adapter declares (the message says how to declare
+        a transposed convolution, a bad ``heads`` entry, or a layer input of three or more
+        dimensions whose layout no adapter declares (the message says how to declare
         it with :func:`nfm.models.adapters.register_adapter`).
     """
     if batch_size is not None:
         chunk_size = batch_size
+    check_sketch_not_centered(outputs, centered)
     acc, kind, run = run_agop_pass(
         model,
         data,
@@ -300,6 +373,8 @@ def compute_agop(
         vectorize=vectorize,
         check_independence=check_independence,
         verbose=verbose,
+        heads=heads,
+        process_group=process_group,
     )
     result = acc.result(centered=centered, dtype=run.dtype)
     return {key: restore_kind(value, kind) for key, value in result.items()}

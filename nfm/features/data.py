@@ -33,9 +33,13 @@ def _batch_input(batch: Any, index: int) -> Any:
 
 
 def iter_chunks(
-    data: Any, chunk_size: int
+    data: Any, chunk_size: int, allow_empty: bool = False
 ) -> tuple[ArrayKind, int | None, Iterator[tuple[int, Any]]]:
-    """Return (kind, total rows or None, iterator of (first row index, raw chunk))."""
+    """Return (kind, total rows or None, iterator of (first row index, raw chunk)).
+
+    An iterable that yields no batch is an error unless ``allow_empty`` (a rank's empty shard
+    in a distributed pass), which gives kind ``"torch"`` and no chunks.
+    """
     if isinstance(data, (torch.Tensor, np.ndarray)):
         if data.ndim == 0:
             raise NFMInputError(
@@ -61,6 +65,8 @@ def iter_chunks(
     try:
         first = next(iterator)
     except StopIteration:
+        if allow_empty:
+            return "torch", 0, iter(())
         raise NFMInputError("data is empty: the iterable yielded no batch") from None
     first_x = _batch_input(first, 0)
     kind = "torch" if isinstance(first_x, torch.Tensor) else "numpy"

@@ -20,7 +20,7 @@ shared (:meth:`AGOPPass._accumulate`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,8 +28,9 @@ from torch import nn
 
 from nfm.exceptions import LayerSelectionError, NFMInputError
 from nfm.features.accumulator import AGOPAccumulator, PartialSums
-from nfm.features.outputs import OutputSpec, output_projection
+from nfm.features.outputs import GaussianSketch, OutputSpec, output_projection
 from nfm.models.adapters import InputLayout, adapter_for
+from nfm.models.adapters.probes import InputProbe, LayerProbe
 from nfm.models.hooks import LayerInputPerturbation
 from nfm.models.selection import INPUT_KEY
 from nfm.models.state import model_device_dtype
@@ -104,6 +105,7 @@ class AGOPPass:
         self,
         model: nn.Module,
         layers: dict[str, nn.Module],
+        probes: Mapping[str, LayerProbe],
         *,
         include_input: bool,
         outputs: OutputSpec,
@@ -131,6 +133,7 @@ class AGOPPass:
             )
         self.state = {} if self.scripted else functional_state(model, dtype)
         self.projection: torch.Tensor | None = None
+        self.n_rows = 0  # output rows k: of the projection, or the sketch's probes
         self.n_outputs: int | None = None
         self.output_layers: set[str] = set()
         self.accumulator = AGOPAccumulator(device=device)
@@ -138,7 +141,10 @@ class AGOPPass:
         self.flush_every = 8
         self.partials: dict[str, PartialSums] = {}
         self.aliases: dict[str, str] = {}
-        self.keys_in_order = ([INPUT_KEY] if include_input else []) + list(layers)
+        self.positions: dict[str, int] = {}  # result key -> positions per sample (this chunk)
+        self.keys_in_order = [INPUT_KEY] if include_input else []
+        self.keys_in_order += [key for probe in probes.values() for key in probe.result_keys]
+        self.probe_of = {key: probe for probe in probes.values() for key in probe.result_keys}
 
     def _forward(self, x: torch.Tensor) -> Any:
         if self.scripted:  # TorchScript: call as is (gradients asked for the inputs only)
@@ -168,13 +174,17 @@ class AGOPPass:
                     raise wrapped from None
         finally:
             hooks.active = False
-        deltas = {name: hooks.deltas[name] for name in self.layers if name in hooks.deltas}
-        missing = [name for name in self.layers if name not in deltas]
+        missing = [
+            name
+            for name, probe in hooks.probes.items()
+            if not all(key in hooks.deltas for key in probe.tensor_keys)
+        ]
         if missing:
             raise LayerSelectionError(
                 f"selected layer(s) {missing} were never called in the model's forward pass "
                 f"(rows {start} to {start + b - 1}); select layers the forward uses"
             )
+        out = _model_output_tensor(out)
         flat = self._flat_output(out, b)
         if first:
             self.output_layers = {
@@ -184,34 +194,62 @@ class AGOPPass:
             hooks.keep_outputs = False
             if self.check_independence and b >= 2:
                 self._check_independence(x, flat, hooks)
+        # the tensors differentiated with respect to, and how their gradients become rows
         inputs: list[torch.Tensor] = []
-        keys: list[str] = []
+        owners: list[str | None] = []  # None: the model input; else the layer whose probe it is
         if self.include_input:
             inputs.append(x_in)
-            keys.append(INPUT_KEY)
-        for name, delta in deltas.items():
-            inputs.append(delta)
-            keys.append(name)
+            owners.append(None)
+        for name, probe in hooks.probes.items():
+            for key in probe.tensor_keys:
+                inputs.append(hooks.deltas[key])
+                owners.append(name)
         layouts = [
-            _input_layout(t, b) if key == INPUT_KEY else _layer_layout(self.layers[key], t, b, key)
-            for key, t in zip(keys, inputs, strict=True)
+            _input_layout(t, b) if owner is None else _identity_layout(hooks.probes[owner], t, b)
+            for owner, t in zip(owners, inputs, strict=True)
         ]
-        k = self.projection.shape[0]
-        blocks = self._jacobian_blocks(flat, inputs, layouts, b)
-        for index, (lo, grads, duplicates) in enumerate(blocks):
-            duplicate_keys = {keys[i]: keys[j] for i, j in duplicates.items()}
-            self._accumulate(keys, grads, duplicate_keys, lo, k, establish=first and index == 0)
-        for key, layout in zip(keys, layouts, strict=True):
+        k = self.n_rows
+        for index, (lo, grads, duplicates) in enumerate(
+            self._jacobian_blocks(flat, inputs, layouts, b, start)
+        ):
+            key_of = [INPUT_KEY if owner is None else owner for owner in owners]
+            duplicate_keys = {key_of[i]: key_of[j] for i, j in duplicates.items()}
+            rows = self._rows(hooks, owners, inputs, grads, b)
+            self._accumulate(rows, duplicate_keys, lo, k, establish=first and index == 0)
+        for key, positions in self.positions.items():
             if key not in self.aliases:
-                self.partials[key].add_counts(b, b * layout.positions)
+                self.partials[key].add_counts(b, b * positions)
         self.chunks_done += 1
         if self.chunks_done % self.flush_every == 0:
             self.flush()
 
+    def _rows(
+        self,
+        hooks: LayerInputPerturbation,
+        owners: list[str | None],
+        inputs: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        b: int,
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``(result key, rows (k, b, positions, features))`` for one block of outputs.
+
+        Rows are produced lazily, one key at a time, so a layer split into many heads holds one
+        head's rows at once.
+        """
+        by_owner: dict[str | None, dict[str, torch.Tensor]] = {}
+        for owner, t, g in zip(owners, inputs, grads, strict=True):
+            if owner is None:
+                yield INPUT_KEY, _input_layout(t, b).jacobian_rows(g, b)
+                continue
+            by_owner.setdefault(owner, {})
+            probe = hooks.probes[owner]
+            by_owner[owner][probe.tensor_keys[len(by_owner[owner])]] = g
+            if len(by_owner[owner]) == len(probe.tensor_keys):
+                yield from probe.rows(by_owner.pop(owner), b)
+
     def _accumulate(
         self,
-        keys: list[str],
-        grads: list[torch.Tensor],
+        rows: Iterator[tuple[str, torch.Tensor]],
         duplicates: dict[str, str],
         lo: int,
         k: int,
@@ -233,7 +271,9 @@ class AGOPPass:
             if duplicates.get(key) != source:  # no longer identical: sums of its own from now on
                 self.partials[key] = self.partials[source].clone()
                 del self.aliases[key]
-        for key, g in zip(keys, grads, strict=True):
+        for key, g in rows:
+            if lo == 0:
+                self.positions[key] = g.shape[2]
             if key in self.aliases:
                 continue
             self.partials.setdefault(key, PartialSums()).add_block(g, lo, k)
@@ -243,16 +283,14 @@ class AGOPPass:
         for key in self.keys_in_order:
             source = self.aliases.get(key, key)
             if source in self.partials:
-                self.partials[source].add_to(self.accumulator, key)
+                probe = self.probe_of.get(source)
+                transform = None if probe is None else probe.transform(source)
+                self.partials[source].add_to(self.accumulator, key, transform)
         for partial in self.partials.values():
             partial.reset()
 
     def _flat_output(self, out: Any, b: int) -> torch.Tensor:
-        if not isinstance(out, torch.Tensor):
-            raise NFMInputError(
-                f"the model returned {type(out).__name__}; compute_agop needs a model whose "
-                "forward returns one tensor of shape (batch, ...) (wrap it to pick the output)"
-            )
+        out = _model_output_tensor(out)
         if out.ndim == 0 or out.shape[0] != b:
             raise NFMInputError(
                 f"the model returned shape {tuple(out.shape)} for a batch of {b} samples; "
@@ -264,7 +302,11 @@ class AGOPPass:
         c = flat.shape[1]
         if self.n_outputs is None:
             self.n_outputs = c
-            self.projection = output_projection(self.outputs, c, flat.dtype, flat.device)
+            if isinstance(self.outputs, GaussianSketch):
+                self.n_rows = self.outputs.k
+            else:
+                self.projection = output_projection(self.outputs, c, flat.dtype, flat.device)
+                self.n_rows = self.projection.shape[0]
         elif c != self.n_outputs:
             raise NFMInputError(
                 f"the model returned {c} outputs per sample for one chunk and "
@@ -276,7 +318,7 @@ class AGOPPass:
         self, x: torch.Tensor, flat: torch.Tensor, hooks: LayerInputPerturbation
     ) -> None:
         with torch.no_grad():
-            alone = self._forward(x[:1].detach()).reshape(1, -1)
+            alone = _model_output_tensor(self._forward(x[:1].detach())).reshape(1, -1)
         batched = flat[:1].detach()
         scale = float(batched.abs().max()) + float(alone.abs().max())
         # loose in low precision: batched and single-sample kernels (TF32, half) round
@@ -295,18 +337,20 @@ class AGOPPass:
         self,
         flat: torch.Tensor,
         inputs: list[torch.Tensor],
-        layouts: list[InputLayout],
+        layouts: list[InputLayout | None],
         b: int,
+        start: int,
     ) -> Iterator[tuple[int, list[torch.Tensor], dict[int, int]]]:
-        """Yield, per block of output rows, (first output row, Jacobians, duplicates).
+        """Yield, per block of output rows, (first output row, gradients, duplicates).
 
-        The Jacobians of ``P f`` are one ``(k_block, b, positions, features)`` tensor per input;
-        ``duplicates`` maps the index of an input to that of an earlier one whose Jacobians are
-        the same tensor memory with the same layout (detected on autograd's own tensors: the
-        reshape to rows makes new tensor objects).
+        The gradients of ``P f`` are one ``(k_block, *input shape)`` tensor per input;
+        ``duplicates`` maps the index of an input to that of an earlier one whose gradients are
+        the same tensor memory with the same row layout (detected on autograd's own tensors;
+        only inputs whose rows are their gradients reshaped, ``layouts[i]`` not None, qualify).
         """
-        projection = self.projection
-        k, c = projection.shape
+        k, c = self.n_rows, flat.shape[1]
+        sketch = self.outputs if isinstance(self.outputs, GaussianSketch) else None
+        probes = None if sketch is None else sketch.probes(start, b, c, flat.dtype, flat.device)
         per_sample = sum(t.numel() for t in inputs) // b
         block = self.output_chunk_size
         if block is None:
@@ -314,34 +358,23 @@ class AGOPPass:
             block = max(1, budget // max(1, b * per_sample))
         block = min(block, k)
         for lo in range(0, k, block):
-            rows = projection[lo : lo + block]
-            kb = rows.shape[0]
+            kb = min(block, k - lo)
             if not flat.requires_grad:  # the output does not depend on any input
-                yield (
-                    lo,
-                    [
-                        torch.zeros(
-                            kb,
-                            b,
-                            layout.positions,
-                            layout.features,
-                            dtype=flat.dtype,
-                            device=flat.device,
-                        )
-                        for layout in layouts
-                    ],
-                    {},
-                )
+                zeros = [
+                    torch.zeros((kb, *t.shape), dtype=t.dtype, device=t.device) for t in inputs
+                ]
+                yield lo, zeros, {}
                 continue
             # contiguous: an expanded (stride-0) cotangent sends the batched backward to bmm
-            cotangents = rows[:, None, :].expand(kb, b, c).contiguous()
+            if probes is not None:  # per-sample random probes
+                cotangents = probes[lo : lo + kb].contiguous()
+            else:
+                cotangents = self.projection[lo : lo + kb, None, :].expand(kb, b, c).contiguous()
             grads = [
                 torch.zeros((kb, *t.shape), dtype=t.dtype, device=t.device) if g is None else g
                 for g, t in zip(self._vjp(flat, inputs, cotangents), inputs, strict=True)
             ]
-            duplicates = _duplicate_jacobians(grads, layouts)
-            blocks = [layout.jacobian_rows(g, b) for g, layout in zip(grads, layouts, strict=True)]
-            yield lo, blocks, duplicates
+            yield lo, grads, _duplicate_jacobians(grads, layouts)
 
     def _vjp(
         self,
@@ -390,6 +423,25 @@ class AGOPPass:
         return result
 
 
+def _model_output_tensor(out: Any) -> torch.Tensor:
+    """The tensor the AGOP is of: ``out`` itself, or the ``logits`` of a ``ModelOutput``.
+
+    Hugging Face models return a ``ModelOutput`` (a dict subclass with attributes); any object
+    or mapping with a ``logits`` tensor is read as its logits.
+    """
+    if isinstance(out, torch.Tensor):
+        return out
+    logits = out.get("logits") if isinstance(out, dict) else getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    fields = f" (fields: {sorted(out.keys())})" if isinstance(out, dict) else ""
+    raise NFMInputError(
+        f"the model returned {type(out).__name__}{fields}; compute_agop needs a model whose "
+        "forward returns one tensor of shape (batch, ...), or an output with a 'logits' tensor "
+        "(wrap the model to pick the output, e.g. a hidden state or one token position)"
+    )
+
+
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether ``a`` and ``b`` hold the same numbers in the same memory order.
 
@@ -411,7 +463,7 @@ def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _duplicate_jacobians(
-    grads: Sequence[torch.Tensor], layouts: Sequence[InputLayout]
+    grads: Sequence[torch.Tensor], layouts: Sequence[InputLayout | None]
 ) -> dict[int, int]:
     """``{i: j}`` for each input ``i`` whose Jacobian rows are those of an earlier input ``j``.
 
@@ -422,6 +474,8 @@ def _duplicate_jacobians(
     """
     duplicates: dict[int, int] = {}
     for i, (g, layout) in enumerate(zip(grads, layouts, strict=True)):
+        if layout is None:
+            continue
         for j in range(i):
             if (
                 layouts[j] == layout
@@ -433,13 +487,15 @@ def _duplicate_jacobians(
     return duplicates
 
 
-def _layer_layout(module: nn.Module, t: torch.Tensor, b: int, name: str) -> InputLayout:
-    """Layout of the input ``t`` of layer ``name`` holding ``b`` samples, from its adapter.
+def _identity_layout(probe: LayerProbe, t: torch.Tensor, b: int) -> InputLayout | None:
+    """The row layout of an input probe's delta (rows = its gradient, reshaped), else None.
 
-    See :meth:`nfm.models.adapters.LayerAdapter.input_layout`; raises
-    :class:`~nfm.exceptions.LayerSelectionError` for a layout the adapter does not support.
+    Raises :class:`~nfm.exceptions.LayerSelectionError` for a layout the adapter does not
+    support (see :meth:`nfm.models.adapters.LayerAdapter.input_layout`).
     """
-    return adapter_for(module).input_layout(module, tuple(t.shape), b, name)
+    if isinstance(probe, InputProbe):
+        return probe.layout(tuple(t.shape), b)
+    return None
 
 
 def _input_layout(t: torch.Tensor, b: int) -> InputLayout:

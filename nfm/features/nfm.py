@@ -8,7 +8,13 @@ import torch
 from torch import nn
 
 from nfm.models.adapters import adapter_for
-from nfm.models.selection import LayerSpec, select_layers
+from nfm.models.selection import (
+    HeadsSpec,
+    LayerSpec,
+    lift_attention_projections,
+    resolve_heads,
+    select_layers,
+)
 
 __all__ = ["compute_nfm"]
 
@@ -18,6 +24,7 @@ def compute_nfm(
     layers: LayerSpec | Sequence[LayerSpec] | None = None,
     *,
     dtype: torch.dtype | None = None,
+    heads: HeadsSpec = None,
 ) -> dict[str, torch.Tensor]:
     r"""Neural feature matrix :math:`\mathrm{NFM}_l = W_l^T W_l` of every selected layer.
 
@@ -30,8 +37,12 @@ def compute_nfm(
       the NFM is ``weight @ weight.T``;
     * convolutions: the weight in patch space, ``(C_out, C_in * prod(kernel_size))`` (the
       filter covariance; with ``groups > 1`` each filter sits at the columns of its group's
-      input channels). The matching patch-space AGOP is not implemented yet, so
-      :func:`nfm.features.compute_agop` refuses convolution layers.
+      input channels), the space of :func:`nfm.features.compute_agop`'s patch AGOP;
+    * ``nn.MultiheadAttention``: keys ``name.q``, ``name.k``, ``name.v`` (the rows of
+      ``in_proj_weight`` of each projection) and ``name.out_proj``;
+    * with ``heads={name: h}`` (or a :class:`~nfm.models.adapters.probes.HeadSplit`): one NFM
+      :math:`W_h^T W_h` per head, :math:`W_h` the head's block of rows of :math:`W`, under
+      keys ``name[head=i]`` (``name.q[head=i]`` for attention and fused parts).
 
     The bias is excluded: the NFM describes how the layer weighs directions of its input. Keys
     match :func:`compute_agop` (no ``"input"`` key: the input has no weight).
@@ -43,6 +54,8 @@ def compute_nfm(
         Default every ``nn.Linear``.
     dtype : torch.dtype, optional
         Result dtype (default the weight's).
+    heads : mapping, optional
+        ``{layer name: number of heads or HeadSplit}``: per-head NFMs for those layers.
 
     Returns
     -------
@@ -55,11 +68,13 @@ def compute_nfm(
         A selected layer without a weight matrix its adapter can read (an activation, a
         transposed convolution, ``nn.Bilinear``), or a selection that matches nothing.
     """
-    selected = select_layers(model, layers)
+    selected = lift_attention_projections(model, select_layers(model, layers))
+    splits = resolve_heads(heads, selected)
     result: dict[str, torch.Tensor] = {}
     for name, module in selected.items():
-        w = adapter_for(module).weight_matrix(module, name)
-        if dtype is not None:
-            w = w.to(dtype)
-        result[name] = w.T @ w
+        weights = adapter_for(module).weight_matrices(module, name, splits.get(name))
+        for key, w in weights.items():
+            if dtype is not None:
+                w = w.to(dtype)
+            result[key] = w.T @ w
     return result

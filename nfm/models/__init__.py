@@ -3,7 +3,9 @@
 * :mod:`nfm.models.selection` -- select layers by name, module, type or predicate;
 * :mod:`nfm.models.adapters` -- per layer family, where its input's features are and its
   weight as an ``(out, in)`` matrix; :func:`register_adapter` declares a layer family of yours;
-* :mod:`nfm.models.hooks` -- forward pre-hooks that expose layer inputs to autograd;
+* :mod:`nfm.models.adapters.probes` -- where the engine differentiates inside a layer (input,
+  output times W for patches and heads, an explicit attention forward); :class:`HeadSplit`;
+* :mod:`nfm.models.hooks` -- the forward hooks that install the probes;
 * :mod:`nfm.models.state` -- hand a model back exactly as it came (modes, ``requires_grad``).
 """
 
@@ -14,12 +16,15 @@ from nfm.models.adapters import (
     register_adapter,
     unregister_adapter,
 )
-from nfm.models.selection import INPUT_KEY, LayerSpec, select_layers
+from nfm.models.adapters.probes import HeadSplit
+from nfm.models.selection import INPUT_KEY, HeadsSpec, LayerSpec, select_layers
 from nfm.models.state import ModelState
 
 __all__ = [
     "INPUT_KEY",
     "FeatureAxisAdapter",
+    "HeadSplit",
+    "HeadsSpec",
     "LayerAdapter",
     "LayerSpec",
     "ModelState",

@@ -12,20 +12,32 @@ by the name ``""``): a bare ``nn.Linear`` model has the AGOP of its one layer un
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Union
 
 from torch import nn
 
 from nfm.exceptions import LayerSelectionError
+from nfm.models.adapters.probes import HeadSplit, as_head_split
 
-__all__ = ["INPUT_KEY", "LayerSpec", "select_layers"]
+__all__ = [
+    "INPUT_KEY",
+    "HeadsSpec",
+    "LayerSpec",
+    "lift_attention_projections",
+    "resolve_heads",
+    "select_layers",
+]
 
 #: Key of the AGOP taken with respect to the model input itself.
 INPUT_KEY = "input"
 
 #: One layer selector: a name, a module object, a module type, or a predicate (name, module).
 LayerSpec = Union[str, nn.Module, type[nn.Module], Callable[[str, nn.Module], bool]]  # noqa: UP007
+
+
+#: Which layers to split into attention heads: ``{layer name: number of heads or HeadSplit}``.
+HeadsSpec = Mapping[str, Union[int, HeadSplit]] | None  # noqa: UP007
 
 
 def _spec_repr(spec: LayerSpec) -> str:
@@ -127,3 +139,51 @@ def select_layers(
             selected.setdefault(name, module)
     order = {name: i for i, (name, _) in enumerate(named)}
     return dict(sorted(selected.items(), key=lambda item: order[item[0]]))
+
+
+def lift_attention_projections(
+    model: nn.Module, selected: dict[str, nn.Module]
+) -> dict[str, nn.Module]:
+    """Replace each selected ``out_proj`` of an ``nn.MultiheadAttention`` by the attention module.
+
+    ``nn.MultiheadAttention`` applies its output projection functionally (the ``out_proj``
+    module is never called), so its AGOP comes from the attention module's own probe, whose
+    keys include ``<attention>.out_proj`` (the same key) besides ``.q``, ``.k`` and ``.v``.
+    Model order is kept.
+    """
+    modules = dict(model.named_modules())
+    lifted: dict[str, nn.Module] = {}
+    for name, module in selected.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = modules.get(parent_name) if name else None
+        if child == "out_proj" and isinstance(parent, nn.MultiheadAttention):
+            lifted.setdefault(parent_name, parent)
+        else:
+            lifted.setdefault(name, module)
+    order = {name: i for i, name in enumerate(modules)}
+    return dict(sorted(lifted.items(), key=lambda item: order[item[0]]))
+
+
+def resolve_heads(heads: HeadsSpec, selected: Mapping[str, nn.Module]) -> dict[str, HeadSplit]:
+    """Validate ``heads`` against the selected layers: ``{name: HeadSplit}``.
+
+    Raises
+    ------
+    LayerSelectionError
+        ``heads`` is not a mapping, names a layer that is not selected, or gives a value that
+        is neither a positive int nor a :class:`~nfm.models.adapters.probes.HeadSplit`.
+    """
+    if heads is None:
+        return {}
+    if not isinstance(heads, Mapping):
+        raise LayerSelectionError(
+            "heads must be a mapping {layer name: number of heads or HeadSplit}; got "
+            f"{type(heads).__name__}"
+        )
+    unknown = [name for name in heads if name not in selected]
+    if unknown:
+        raise LayerSelectionError(
+            f"heads names layer(s) {unknown} that are not selected; selected layers: "
+            f"{list(selected)} (select them with layers=)"
+        )
+    return {name: as_head_split(spec, name) for name, spec in heads.items()}

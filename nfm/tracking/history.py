@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from nfm._utils.io import json_ready
@@ -167,6 +168,39 @@ class TrackingHistory:
             return []
         last_step = max(int(r["step"]) for r in self.rows)
         return [dict(r) for r in self.rows if int(r["step"]) == last_step]
+
+    def first(self) -> list[dict[str, Any]]:
+        """The rows of the first recorded step (the values at initialisation when it is 0)."""
+        if not self.rows:
+            return []
+        first_step = min(int(r["step"]) for r in self.rows)
+        return [dict(r) for r in self.rows if int(r["step"]) == first_step]
+
+    def first_and_last(self, column: str) -> list[dict[str, Any]]:
+        """Per layer, ``column`` at its first and last record, for "then versus now" tables.
+
+        Returns one dict per layer (in order of first appearance) with ``layer``,
+        ``by_construction``, ``first_step``, ``first`` (the value there), ``last_step``,
+        ``last`` and ``change`` (``last - first``). Layers without the column are skipped.
+        """
+        result = []
+        for layer in self.layers:
+            steps, values = self.series(layer, column)
+            if not steps or column not in self.columns:
+                continue
+            first, last = int(np.argmin(steps)), int(np.argmax(steps))
+            result.append(
+                {
+                    "layer": layer,
+                    "by_construction": self.by_construction(layer),
+                    "first_step": steps[first],
+                    "first": values[first],
+                    "last_step": steps[last],
+                    "last": values[last],
+                    "change": values[last] - values[first],
+                }
+            )
+        return result
 
     def to_frame(self) -> Any:
         """The table as a :class:`pandas.DataFrame` (requires pandas)."""

@@ -85,8 +85,11 @@ class NFATracker:
     **agop_kwargs
         The options of :func:`nfm.features.compute_agop` (``outputs``, ``centered``, ``dtype``,
         ``chunk_size`` or ``batch_size``, ``output_chunk_size``, ``vectorize``,
-        ``check_independence``, ``verbose``); ``include_input`` is ignored (the input has no
-        NFM). Any other name is an error.
+        ``check_independence``, ``verbose``, ``process_group``, ``heads``); ``include_input``
+        is ignored (the input has no NFM). Any other name is an error. With a ``process_group``,
+        ``probe_data`` is this rank's shard, every rank must call :meth:`record` at the same
+        steps, every rank gets the same rows, and :meth:`save` writes on rank 0 of the group
+        only.
     """
 
     def __init__(
@@ -167,7 +170,14 @@ class NFATracker:
         return self.to_history().to_frame()
 
     def save(self, path: str | Path) -> Path:
-        """Save the history (``.csv``: CSV, otherwise JSON); see :meth:`TrackingHistory.save`."""
+        """Save the history (``.csv``: CSV, otherwise JSON); see :meth:`TrackingHistory.save`.
+
+        With a ``process_group``, only rank 0 of the group writes; every rank gets the path.
+        """
+        from nfm.distributed.groups import is_main_process
+
+        if not is_main_process(self.agop_kwargs.get("process_group")):
+            return Path(path)
         return self.to_history().save(path)
 
     @classmethod
@@ -216,20 +226,22 @@ class NFATracker:
         options.pop("include_input", None)  # the NFM has no input key
         outputs = options.pop("outputs", None)
         centered = bool(options.pop("centered", False))
+        heads = options.pop("heads", None)
         # every module's mode and requires_grad flag come back as they were, also on error
         with ModelState(model, mode=None):
             with torch.no_grad():
                 nfms = {
                     name: matrix.detach().to(device="cpu", dtype=torch.float64)
-                    for name, matrix in compute_nfm(model, self.layers).items()
+                    for name, matrix in compute_nfm(model, self.layers, heads=heads).items()
                 }
             agop_pass = layer_agops(
                 model,
                 self.probe_data,
-                layers=list(nfms),
+                layers=self.layers,
                 outputs=outputs,
                 centered=centered,
                 caller="NFATracker",
+                heads=heads,
                 **options,
             )
         # NFM = AGOP exactly at an output layer, for the plain AGOP of all outputs only

@@ -36,6 +36,7 @@ __all__ = [
     "plot_feature_matrices",
     "plot_neuron_weights",
     "plot_nfa_history",
+    "plot_nfa_lift",
     "plot_output_weights",
     "plot_top_eigenvectors",
 ]
@@ -249,11 +250,19 @@ def plot_feature_matrices(
     fig: Figure | None = None,
     cmap: str = DIVERGING_CMAP,
     robust: bool = False,
+    null_correlation: float | None = None,
+    null_label: str = "null",
+    initial_correlation: float | None = None,
+    by_construction: bool = False,
 ) -> Figure:
     r"""The NFM and :math:`\mathrm{AGOP}^\alpha` of one layer side by side.
 
     The title gives their correlation :math:`\rho(\mathrm{NFM}, \mathrm{AGOP}^\alpha)` (``kind``
-    and ``exclude_diagonal`` as in :func:`nfm.linalg.matrix_correlation`). Each panel has its own
+    and ``exclude_diagonal`` as in :func:`nfm.linalg.matrix_correlation`) and, on a second line,
+    whatever baseline is given: the same statistic for a null model (``null_correlation``, with
+    the lift over it), at initialisation (``initial_correlation``), and whether the layer
+    satisfies NFM = AGOP by construction (its output is the model output), so that a reader
+    sees the value against what a network that learned nothing gives. Each panel has its own
     symmetric colour scale (the two matrices have different units); blue positive, red negative.
 
     Parameters
@@ -270,6 +279,15 @@ def plot_feature_matrices(
     robust : bool
         Set each colour scale by the 99.5th percentile of ``|entries|`` instead of the maximum
         (a dominant diagonal otherwise washes out the off-diagonal structure).
+    null_correlation : float, optional
+        The same correlation (same kind, alpha and diagonal option) for the null model, e.g.
+        the ``null_correlation`` of an :func:`nfm.ansatz.nfa_report` row.
+    null_label : str
+        What the null model is (``"shuffled weights"``, ``"re-initialised"``).
+    initial_correlation : float, optional
+        The same correlation at initialisation (a tracker's first record).
+    by_construction : bool
+        The layer's output is the model output: NFM = AGOP exactly at alpha = 1.
 
     Returns
     -------
@@ -304,8 +322,24 @@ def plot_feature_matrices(
         fig.colorbar(image, ax=ax, shrink=0.85)
     where = f"layer {layer}: " if layer else ""
     diag = ", diagonal excluded" if exclude_diagonal else ""
-    fig.suptitle(f"{where}{kind} correlation {corr:.3f} (alpha = {alpha:g}{diag})")
+    headline = f"{where}{kind} correlation {corr:.3f} (alpha = {alpha:g}{diag})"
+    baselines = _baseline_text(corr, null_correlation, null_label, initial_correlation)
+    if by_construction:
+        baselines.append("output layer: NFM = AGOP by construction at alpha = 1, not evidence")
+    fig.suptitle("\n".join([headline, "; ".join(baselines)]) if baselines else headline)
     return fig
+
+
+def _baseline_text(
+    value: float, null: float | None, null_label: str, initial: float | None
+) -> list[str]:
+    """``["null (shuffled) 0.880, lift +0.020", "at initialisation 0.850"]`` as given."""
+    parts = []
+    if null is not None:
+        parts.append(f"{null_label} {float(null):.3f}, lift {value - float(null):+.3f}")
+    if initial is not None:
+        parts.append(f"at initialisation {float(initial):.3f}")
+    return parts
 
 
 def _top_eigenvectors(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -477,14 +511,22 @@ def plot_nfa_history(
     metrics: Sequence[str] | None = None,
     fig: Figure | None = None,
     include_by_construction: bool = True,
+    null_values: Mapping[str, float] | None = None,
+    null_label: str = "null",
+    annotate: bool = True,
     title: str | None = "Neural Feature Ansatz through training",
 ) -> Figure:
     """NFA correlation of each layer against the training step, with accuracy below.
 
     Top panel: one line per layer (and line style per correlation column); layers where the
-    ansatz holds by construction are drawn dotted in grey and marked as such. Bottom panel (when
-    the history holds loop metrics): accuracies on the left axis, training loss on a twin
-    right axis.
+    ansatz holds by construction are drawn dotted in grey and marked as such. With ``annotate``
+    each layer's last value is written at the end of its line beside its first record's value
+    (``0.97 (first 0.88)``; the first record is the value at initialisation when the tracker
+    recorded step 0), so the change through training reads off the figure. ``null_values``
+    (``{layer: value}``, e.g. the ``null_correlation`` of :func:`nfm.ansatz.nfa_report` rows)
+    are drawn as thin dashed horizontal lines in the layer's colour: the same statistic for a
+    model that learned nothing. Bottom panel (when the history holds loop metrics):
+    accuracies on the left axis, training loss on a twin right axis.
 
     Parameters
     ----------
@@ -496,6 +538,12 @@ def plot_nfa_history(
     fig : Figure, optional
     include_by_construction : bool
         Also draw the by-construction layers.
+    null_values : mapping layer -> float, optional
+        The null baseline of the (first) drawn column per layer.
+    null_label : str
+        What the null is, for the legend (e.g. ``"shuffled weights"``).
+    annotate : bool
+        Write the first and last value of the first column at the end of each line.
     title : str or None
 
     Returns
@@ -530,15 +578,36 @@ def plot_nfa_history(
             label = f"{layer} (= AGOP at alpha=1 by construction)" if constructed else layer
             if len(columns) > 1:
                 label += f" [{_nfa_label(column)}]"
+            colour = "0.55" if constructed else colours[layer_index % len(colours)]
             top.plot(
                 steps,
                 values,
                 linestyle=":" if constructed else styles[column_index % len(styles)],
-                color="0.55" if constructed else colours[layer_index % len(colours)],
+                color=colour,
                 marker="o" if len(steps) < 30 else None,
                 markersize=3,
                 label=label,
             )
+            if annotate and column_index == 0 and steps:
+                first, last = values[int(np.argmin(steps))], values[int(np.argmax(steps))]
+                top.annotate(
+                    f"{last:.2f} (first {first:.2f})",
+                    xy=(max(steps), last),
+                    xytext=(4, 0),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color=colour,
+                    va="center",
+                )
+            if null_values is not None and column_index == 0 and layer in null_values:
+                top.axhline(
+                    float(null_values[layer]),
+                    color=colour,
+                    linestyle=(0, (2, 2)),
+                    linewidth=0.9,
+                    alpha=0.8,
+                    label=f"{layer}: {null_label} {float(null_values[layer]):.2f}",
+                )
     top.set_ylabel(
         "NFA correlation" + (f"\n({_nfa_label(columns[0])})" if len(columns) == 1 else "")
     )
@@ -614,4 +683,116 @@ def plot_feature_change(
     left.legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def _report_rows(report: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """``(rows, headline column)`` of an NFA/FACT report, or of a list of row dicts."""
+    rows = getattr(report, "rows", report)
+    if isinstance(rows, Mapping) or not isinstance(rows, Sequence):
+        raise NFMInputError(
+            "report must be an NFAReport, a FACTReport or a list of row dicts; got "
+            f"{type(report).__name__}"
+        )
+    rows = [dict(r) for r in rows]
+    if not rows or not all("layer" in r for r in rows):
+        raise NFMInputError("report has no rows with a 'layer' key; nothing to draw")
+    return rows, getattr(report, "headline_column", None) or None
+
+
+def plot_nfa_lift(
+    report: Any,
+    *,
+    column: str | None = None,
+    history: Any = None,
+    ax: Axes | None = None,
+    title: str | None = "Correlation per layer against its baselines",
+) -> Figure:
+    """Each layer's correlation beside its null and its value at initialisation, as bars.
+
+    Per layer, up to three bars: the value (``column`` of the report row); the null
+    (``null_correlation``: the same statistic for the shuffled or re-initialised copy of the
+    model, present when the report was made with ``null=``), with the lift written above; and
+    the first record of ``history`` (the value at initialisation when the tracker recorded step
+    0). Layers whose output is the model output (``by_construction``: NFM = AGOP exactly) are
+    hatched, grey and labelled, since their value is no evidence. Works for
+    :func:`nfm.ansatz.nfa_report` and :func:`nfm.ansatz.fact_report` reports.
+
+    Parameters
+    ----------
+    report : NFAReport, FACTReport or list of dict rows
+    column : str, optional
+        The correlation to draw (default: the report's ``headline_column``, the one its null
+        refers to; for plain rows the first NFA column). The null is drawn only for that
+        column.
+    history : NFATracker, TrackingHistory, ... optional
+        For the first-record bars (when it has ``column``).
+    ax : Axes, optional
+    title : str or None
+
+    Returns
+    -------
+    Figure
+    """
+    from nfm.tracking import is_nfa_column
+
+    rows, headline = _report_rows(report)
+    if column is None:
+        column = headline or next((c for c in rows[0] if is_nfa_column(c)), None)
+    if column is None or any(column not in r for r in rows):
+        raise NFMInputError(f"column {column!r} is not in every report row; have {sorted(rows[0])}")
+    null_applies = headline is None or column == headline
+    nulls = [r.get("null_correlation") if null_applies else None for r in rows]
+    first: dict[str, tuple[int, float]] = {}
+    if history is not None:
+        hist = as_history(history)
+        if column in hist.columns:
+            first = {e["layer"]: (e["first_step"], e["first"]) for e in hist.first_and_last(column)}
+    series = [("value", [float(r[column]) for r in rows], "#2166ac")]
+    if any(v is not None for v in nulls):
+        kind = next((r.get("null") for r in rows if r.get("null")), "null")
+        label = {"shuffled": "null: weights shuffled", "reinit": "null: re-initialised"}
+        values = [float("nan") if v is None else float(v) for v in nulls]
+        series.append((label.get(kind, f"null: {kind}"), values, "#b2182b"))
+    if first:
+        step = min(s for s, _ in first.values())
+        values = [first[r["layer"]][1] if r["layer"] in first else float("nan") for r in rows]
+        series.append((f"first record (step {step})", values, "#999999"))
+    n = len(rows)
+    fig, ax = _figure_and_axis(ax, (max(4.0, 1.1 * n * len(series) + 1.5), 3.8))
+    width = 0.8 / len(series)
+    positions = np.arange(n)
+    constructed = [bool(r.get("by_construction")) for r in rows]
+    for index, (label, values, colour) in enumerate(series):
+        offsets = positions + (index - (len(series) - 1) / 2) * width
+        bars = ax.bar(offsets, values, width=width, color=colour, label=label)
+        for bar, built in zip(bars, constructed, strict=True):
+            if built:
+                bar.set_hatch("//")
+                bar.set_alpha(0.45)
+    if len(series) > 1 and series[1][0].startswith("null"):
+        for position, value, null_value in zip(positions, series[0][1], series[1][1], strict=True):
+            if math.isfinite(value) and math.isfinite(null_value):
+                ax.annotate(
+                    f"lift {value - null_value:+.2f}",
+                    xy=(position, max(value, null_value)),
+                    xytext=(0, 3),
+                    textcoords="offset points",
+                    ha="center",
+                    fontsize=8,
+                )
+    labels = [
+        f"{r['layer']}\n(by construction)" if built else str(r["layer"])
+        for r, built in zip(rows, constructed, strict=True)
+    ]
+    ax.set_xticks(positions, labels, fontsize=8)
+    finite = [v for _, values, _ in series for v in values if math.isfinite(v)]
+    low = min([0.0, *finite])
+    ax.set_ylim(low - 0.05 * (1 - low), 1.12)
+    ax.axhline(1.0, color="0.8", linewidth=0.8, zorder=0)
+    ax.set_ylabel(column)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(title)
     return fig

@@ -125,6 +125,63 @@ def _key_value_table(mapping: Mapping[str, Any], key_name: str) -> str:
     return _table(rows, [key_name, "value"])
 
 
+_NULL_NAMES = {
+    "shuffled": "the same model with each layer's weight entries shuffled",
+    "reinit": "the same model re-initialised",
+}
+
+
+def _null_note(rows: Sequence[Mapping[str, Any]], function: str = "nfa_report") -> str:
+    """What ``null_correlation`` and ``lift`` mean, or a warning that no null was computed."""
+    if not rows:
+        return ""
+    kinds = sorted({str(r["null"]) for r in rows if r.get("null")})
+    if not kinds:
+        return (
+            '<p class="note">No null baseline in this table: a network that learned nothing '
+            "already gives positive correlations, so a value alone is not evidence. "
+            f'<code>{function}(..., null="shuffled")</code> adds the same statistic for the '
+            "model with its weights shuffled, and the lift over it.</p>"
+        )
+    what = "; ".join(html.escape(_NULL_NAMES.get(k, k)) for k in kinds)
+    return (
+        '<p class="note"><i>null_correlation</i> is the first correlation column computed the '
+        f"same way (same data and settings) for a null model: {what}. <i>lift</i> is the "
+        "layer's value minus its null: what training added beyond what any network with such "
+        "weights gives. At a layer marked <i>by construction</i> the null is 1 at alpha = 1.</p>"
+    )
+
+
+def _first_and_last_section(hist: Any) -> str:
+    """Each layer's first and last record of the first NFA column (the value at step 0)."""
+    columns = hist.nfa_columns
+    entries = hist.first_and_last(columns[0]) if columns else []
+    if not entries:
+        return ""
+    return (
+        f"<p>{html.escape(columns[0])} at the first record (the value at initialisation when "
+        "the first step is 0) and at the last:</p>" + _table(entries)
+    )
+
+
+def _fact_section(rows: Sequence[Mapping[str, Any]] | None) -> str:
+    """The FACT table with what it means (empty without rows)."""
+    if rows is None:
+        return ""
+    return (
+        "<h2>FACT per layer</h2><p>Correlation between each layer's W<sup>T</sup>W and its "
+        "FACT matrix &minus;(1/(n&lambda;)) &Sigma;<sub>i</sub> &nabla;<sub>h</sub>"
+        "&#8467;<sub>i</sub> h<sub>i</sub><sup>T</sup> (the loss gradient with respect to the "
+        "layer input against the layer input, symmetrised). With weight decay &lambda; the two "
+        "are equal at every stationary point of the regularised loss (Boix-Adsera et al. "
+        "2025), so a value below 1 measures the distance from convergence; "
+        "<i>relative_error</i> compares the matrices themselves when &lambda; is given, "
+        "<i>asymmetry</i> is the antisymmetric share, 0 at a stationary point.</p>"
+        + _null_note(rows, "fact_report")
+        + _table(rows)
+    )
+
+
 def write_report(
     output_dir: str | Path,
     *,
@@ -137,6 +194,7 @@ def write_report(
     captions: Mapping[str, str] | None = None,
     history: Any = None,
     notes: Sequence[str] = (),
+    fact_rows: Sequence[Mapping[str, Any]] | None = None,
     dpi: int = 100,
 ) -> ReportFiles:
     """Write ``report.html``, ``metrics.json`` and the figures' PNGs into ``output_dir``.
@@ -162,6 +220,9 @@ def write_report(
         Saved as ``tracking_history.json``; its last step is tabulated in the report.
     notes : sequence of str
         Short paragraphs shown under the summary (e.g. what "by construction" means).
+    fact_rows : sequence of dict, optional
+        The per-layer FACT table (:attr:`nfm.ansatz.FACTReport.rows`), shown in its own
+        section and saved to JSON under ``"fact"``.
     dpi : int
         Resolution of the PNGs.
 
@@ -211,7 +272,7 @@ def write_report(
             "<h2>Training history</h2>"
             f"<p>{len(hist.steps)} records over steps {hist.steps[0]}&ndash;{hist.steps[-1]} "
             f"({len(hist.layers)} layers); full table in <code>tracking_history.json</code>. "
-            "Last record:</p>" + _table(hist.last())
+            "Last record:</p>" + _table(hist.last()) + _first_and_last_section(hist)
             if hist.rows
             else ""
         )
@@ -227,6 +288,8 @@ def write_report(
         "figures": {name: path.name for name, path in figure_paths.items()},
         "history_file": history_path.name if history_path else None,
     }
+    if fact_rows is not None:
+        payload["fact"] = json_ready([dict(r) for r in fact_rows])
     metrics_path = directory / "metrics.json"
     metrics_path.write_text(json.dumps(payload, indent=2, allow_nan=False), encoding="utf-8")
 
@@ -247,7 +310,9 @@ AGOP<sup>&alpha;</sup> of its average gradient outer product; <i>pearson</i> is 
 correlation of the vectorised matrices, <i>cosine</i> their uncentred cosine similarity,
 <i>offdiag</i> columns leave the diagonal out. Layers marked <i>by construction</i> satisfy
 NFM = AGOP exactly whatever the training did, so their value is no evidence for the ansatz.</p>
+{_null_note(nfa_rows)}
 {_table(nfa_rows)}
+{_fact_section(fact_rows)}
 {history_section}
 <h2>Figures</h2>
 {"".join(figure_html)}

@@ -5,8 +5,10 @@ first positional input of its layers is laid out as ``(batch, positions, feature
 (:meth:`LayerAdapter.input_layout`) and how its weight reads as the ``(out, in)`` matrix of the
 NFM (:meth:`LayerAdapter.weight_matrix`). Built in: :mod:`~nfm.models.adapters.linear`
 (``nn.Linear``, ``nn.Bilinear``), :mod:`~nfm.models.adapters.huggingface` (GPT-2 ``Conv1D``),
-:mod:`~nfm.models.adapters.conv` (convolutions: NFM in patch space; their AGOP is refused until
-the patch-space AGOP exists). Declare your own layers with :func:`register_adapter`, e.g.
+:mod:`~nfm.models.adapters.conv` (convolutions: AGOP and NFM in patch space),
+:mod:`~nfm.models.adapters.attention` (``nn.MultiheadAttention``: q/k/v/out projections, per
+head). An adapter's :meth:`LayerAdapter.probe` says where the engine differentiates
+(:mod:`~nfm.models.adapters.probes`). Declare your own layers with :func:`register_adapter`, e.g.
 ``register_adapter(MyChannelsFirstNorm, FeatureAxisAdapter(feature_axis=1))``.
 """
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from nfm.exceptions import LayerSelectionError
+from nfm.models.adapters.probes import HeadSplit, InputProbe, LayerProbe, RowBlock, head_blocks
 
 __all__ = [
     "FeatureAxisAdapter",
@@ -37,6 +38,7 @@ __all__ = [
     "InputLayout",
     "LayerAdapter",
     "features_on_axis",
+    "split_blocks",
     "unknown_layout_error",
 ]
 
@@ -177,6 +179,36 @@ class LayerAdapter(ABC):
             "layers, or for a layer type whose adapter (register_adapter) defines weight_matrix"
         )
 
+    def probe(self, module: nn.Module, name: str, split: HeadSplit | None = None) -> LayerProbe:
+        """The probe the engine differentiates this layer with (see :mod:`.probes`).
+
+        The default takes the AGOP with respect to the first positional input, laid out by
+        :meth:`input_layout`; it cannot split a layer into heads.
+        """
+        if split is not None:
+            raise _no_heads_error(module, name)
+        return InputProbe(name, lambda shape, b: self.input_layout(module, shape, b, name))
+
+    def weight_matrices(
+        self, module: nn.Module, name: str, split: HeadSplit | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``{result key: (out, in) weight}`` for the NFM of each key of :meth:`probe`.
+
+        The default is ``{name: weight_matrix(module, name)}``; with a head split, one block of
+        rows of :math:`W` per head, under the keys of :func:`~.probes.head_blocks` (for layers
+        whose :meth:`probe` splits the same way).
+        """
+        weight = self.weight_matrix(module, name)
+        if split is None:
+            return {name: weight}
+        return {b.key: weight[b.rows] for b in self.head_blocks(module, name, split, weight)}
+
+    def head_blocks(
+        self, module: nn.Module, name: str, split: HeadSplit, weight: torch.Tensor
+    ) -> list[RowBlock]:
+        """Row blocks of ``weight`` for ``split`` (layers that cannot be split raise)."""
+        raise _no_heads_error(module, name)
+
     def feature_count(self, module: nn.Module) -> int | None:
         """Number of input features the layer declares (``None`` when it declares none)."""
         return None
@@ -185,6 +217,18 @@ class LayerAdapter(ABC):
         """What the layer expects, for error messages (e.g. ``"in_features=5"``)."""
         count = self.feature_count(module)
         return None if count is None else f"{count} input features"
+
+
+def _no_heads_error(module: nn.Module, name: str) -> LayerSelectionError:
+    return LayerSelectionError(
+        f"{_describe(name, module)} cannot be split into heads: heads= applies to linear "
+        "projections (nn.Linear, Hugging Face Conv1D) and nn.MultiheadAttention"
+    )
+
+
+def split_blocks(name: str, weight: torch.Tensor, split: HeadSplit) -> list[RowBlock]:
+    """Row blocks of an ``(out, in)`` projection weight split into parts and heads."""
+    return head_blocks(name, int(weight.shape[0]), split)
 
 
 class FeatureAxisAdapter(LayerAdapter):

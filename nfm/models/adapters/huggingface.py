@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nfm.models.adapters.base import InputLayout, LayerAdapter, features_on_axis
+from nfm.models.adapters.base import InputLayout, LayerAdapter, features_on_axis, split_blocks
+from nfm.models.adapters.probes import HeadSplit, LayerProbe, LinearMapProbe, RowBlock
 
 __all__ = ["HFConv1DAdapter"]
 
@@ -41,6 +42,19 @@ class HFConv1DAdapter(LayerAdapter):
 
     def weight_matrix(self, module: nn.Module, name: str) -> torch.Tensor:
         return module.weight.detach().T
+
+    def probe(self, module: nn.Module, name: str, split: HeadSplit | None = None) -> LayerProbe:
+        """Input probe; with ``split`` (e.g. GPT-2's fused ``c_attn``: ``HeadSplit(n_head,
+        ("q", "k", "v"))``), one block of rows of ``weight.T`` per part and head."""
+        if split is None:
+            return super().probe(module, name)
+        blocks = split_blocks(name, module.weight.T, split)
+        return LinearMapProbe(name, lambda m: m.weight.detach().T, blocks)
+
+    def head_blocks(
+        self, module: nn.Module, name: str, split: HeadSplit, weight: torch.Tensor
+    ) -> list[RowBlock]:
+        return split_blocks(name, weight, split)
 
     def feature_count(self, module: nn.Module) -> int | None:
         return int(module.weight.shape[0])

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from nfm.exceptions import LayerSelectionError
-from nfm.models.adapters.base import InputLayout, LayerAdapter, features_on_axis
+from nfm.models.adapters.base import InputLayout, LayerAdapter, features_on_axis, split_blocks
+from nfm.models.adapters.probes import HeadSplit, LayerProbe, LinearMapProbe, RowBlock
 
 __all__ = ["BilinearAdapter", "LinearAdapter"]
 
@@ -33,6 +34,18 @@ class LinearAdapter(LayerAdapter):
 
     def weight_matrix(self, module: nn.Module, name: str) -> torch.Tensor:
         return module.weight.detach()
+
+    def probe(self, module: nn.Module, name: str, split: HeadSplit | None = None) -> LayerProbe:
+        """Input probe; with ``split``, a :class:`LinearMapProbe` with one block per head."""
+        if split is None:
+            return super().probe(module, name)
+        blocks = split_blocks(name, module.weight, split)
+        return LinearMapProbe(name, lambda m: m.weight.detach(), blocks)
+
+    def head_blocks(
+        self, module: nn.Module, name: str, split: HeadSplit, weight: torch.Tensor
+    ) -> list[RowBlock]:
+        return split_blocks(name, weight, split)
 
     def feature_count(self, module: nn.Module) -> int | None:
         return int(module.in_features)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from torch import nn
 
 from nfm.exceptions import NFMInputError
+from nfm.models.adapters.attention import MultiheadAttentionAdapter
 from nfm.models.adapters.base import GenericAdapter, LayerAdapter
 from nfm.models.adapters.conv import ConvAdapter
 from nfm.models.adapters.huggingface import HFConv1DAdapter
@@ -30,6 +31,7 @@ _BUILTIN: tuple[LayerAdapter, ...] = (
     BilinearAdapter(),
     HFConv1DAdapter(),
     ConvAdapter(),
+    MultiheadAttentionAdapter(),
 )
 _GENERIC = GenericAdapter()
 _DECLARED: dict[type[nn.Module], LayerAdapter] = {}
