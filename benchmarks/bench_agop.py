@@ -757,8 +757,10 @@ def _architecture_lines(payload: dict) -> list[str]:
         "",
         "FLOPs needed. CNN: forward 2 n L C_out d per convolution (L output positions, "
         "d = C_in k_h k_w; linear head 2 n k d), c VJPs back to the first convolution's output "
-        "(2 n c times the forward FLOPs of every later layer), patch Jacobians "
-        "J_l = (df/dy_l) W (2 n c L C_out d) and their symmetric rank-k updates n c L d(d+1). "
+        "(2 n c times the forward FLOPs of every later layer) and the symmetric rank-k updates "
+        "of the output gradients g_l = df/dy_l, n c L C_out(C_out+1) (nfm sums g^T g and forms "
+        "W^T (sum g^T g) W once per flush, which is not counted; vmap(jacrev) does more work: "
+        "it forms the patch Jacobians g W and their d x d outer products). "
         "Transformer: linear products 2 T (4 d^2 + 2 d m) and attention products 4 T^2 d per "
         "block, c VJPs costing the linear products once and the attention products twice, "
         "rank-k updates n c T d_in(d_in+1) per linear layer (head: n c d(d+1)). Norms, "
