@@ -1,7 +1,14 @@
 """nfm's RFMClassifier against xrfm 0.4.5: fit time, peak memory, test accuracy, time per iteration.
 
-Same kernel (Laplace), bandwidth, reg, number of feature-learning iterations and working dtype
-(float32) for both, measured in the same run. Each fit runs in its own subprocess so that peak
+Two comparisons, each measured in the same run (``--modes``):
+
+* ``defaults``: ``RFMClassifier()`` with its defaults against ``xRFM()`` with its defaults
+  (``rfm_params=None``: Laplace-type ``l2_high_dim`` kernel, bandwidth 10, reg 1e-3,
+  ``iters=5``, AGOP power 0.5, Brier-score selection of the iteration);
+* ``fixed``: the same kernel (Laplace), bandwidth, reg, number of feature-learning iterations,
+  metric (AGOP power 1, max-normalised) and working dtype (float32) for both.
+
+ Each fit runs in its own subprocess so that peak
 memory (``ru_maxrss``) belongs to that fit alone; the reported memory is the peak resident set
 *increase* over the process's level after imports and data loading (``peak_rss_mb``), compared
 with the ``n x n`` Gram matrix in the working dtype. On CUDA the peak is
@@ -21,6 +28,7 @@ on a 2048 x 2048 product in the working dtype.
 Usage::
 
     python benchmarks/bench_rfm_xrfm.py                       # full run, writes results
+    python benchmarks/bench_rfm_xrfm.py --modes defaults      # defaults vs defaults only
     python benchmarks/bench_rfm_xrfm.py --sizes 2000 --datasets synthetic   # quick look
     python benchmarks/bench_rfm_xrfm.py --device cuda
 """
@@ -40,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from nfm._utils.env import machine_info
+from nfm.solvers import AUTO_CHOLESKY_MAX_N
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -95,20 +104,24 @@ def worker(spec: dict) -> dict:
     X, y, Xt, yt = load(spec["dataset"], spec["n"], spec["d"], spec["seed"])
     n = X.shape[0]
     device = spec["device"]
+    defaults = spec["mode"] == "defaults"
     if spec["method"] == "nfm":
         from nfm.rfm import RFMClassifier
 
-        model = RFMClassifier(
-            kernel="laplace",
-            bandwidth=spec["bandwidth"],
-            reg=spec["reg"],
-            n_iter=spec["iters"],
-            metric_power=1.0,
-            metric_normalization="max",  # xrfm's metric
-            dtype="float32",
-            device=device,
-            random_state=spec["seed"],
-        )
+        if defaults:
+            model = RFMClassifier(device=device, random_state=spec["seed"])
+        else:
+            model = RFMClassifier(
+                kernel="laplace",
+                bandwidth=spec["bandwidth"],
+                reg=spec["reg"],
+                n_iter=spec["iters"],
+                metric_power=1.0,
+                metric_normalization="max",  # xrfm's metric
+                dtype="float32",
+                device=device,
+                random_state=spec["seed"],
+            )
         fit = lambda: model.fit(X, y)  # noqa: E731
     else:
         from xrfm import xRFM
@@ -117,37 +130,41 @@ def worker(spec: dict) -> dict:
         perm = rng.permutation(n)
         n_val = round(0.2 * n)
         val, tr = perm[:n_val], perm[n_val:]
-        model = xRFM(
-            rfm_params={
-                "model": {
-                    "kernel": "laplace",
-                    "bandwidth": spec["bandwidth"],
-                    "exponent": 1.0,
-                    "diag": False,
-                    "bandwidth_mode": "constant",
+        if defaults:  # rfm_params=None: xrfm's defaults, iters=5 (verbose only prints)
+            model = xRFM(device=device, random_state=spec["seed"], verbose=False)
+        else:
+            model = xRFM(
+                rfm_params={
+                    "model": {
+                        "kernel": "laplace",
+                        "bandwidth": spec["bandwidth"],
+                        "exponent": 1.0,
+                        "diag": False,
+                        "bandwidth_mode": "constant",
+                    },
+                    "fit": {
+                        "reg": spec["reg"],
+                        "iters": spec["iters"],
+                        "verbose": False,
+                        "early_stop_rfm": False,
+                        "return_best_params": True,
+                    },
                 },
-                "fit": {
-                    "reg": spec["reg"],
-                    "iters": spec["iters"],
-                    "verbose": False,
-                    "early_stop_rfm": False,
-                    "return_best_params": True,
-                },
-            },
-            device=device,
-            tuning_metric="accuracy",
-        )
+                device=device,
+                tuning_metric="accuracy",
+            )
         fit = lambda: model.fit(X[tr], y[tr], X[val], y[val])  # noqa: E731
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     base_rss = _current_rss_mb()
     base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     fit()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     pred = np.asarray(model.predict(Xt)).reshape(-1)
     accuracy = float(np.mean(pred.astype(np.int64) == yt))
@@ -155,6 +172,7 @@ def worker(spec: dict) -> dict:
         **spec,
         "n_train": n,
         "fit_seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "accuracy": accuracy,
         "peak_rss_mb": peak - max(base_peak, base_rss) if peak > base_peak else peak - base_rss,
         "gram_mb": n * n * 4 / 2**20,
@@ -168,6 +186,8 @@ def worker(spec: dict) -> dict:
         out["selection"] = model.selection_
         out["iter_seconds"] = [round(h["seconds"] + h.get("agop_seconds", 0.0), 4) for h in history]
         out["cg_passes"] = [h.get("cg_passes") for h in history]
+        out["n_iter"] = model.n_iter
+        out["n_regs"] = len(model.reg) if isinstance(model.reg, (list, tuple)) else 1
     return out
 
 
@@ -192,15 +212,15 @@ def matmul_gflops(device: str, dtype: str = "float32", size: int = 2048, repeats
 
 def floor_seconds(row: dict, gflops: float) -> float:
     """Flop floor of one nfm iteration (see module docstring), in seconds."""
-    n_total, d, c = row["n_train"], row["d_features"], 2
+    n_total, d, c, regs = row["n_train"], row["d_features"], 2, row.get("n_regs", 1)
     n = n_total if row["selection"] == "loo" else round(0.8 * n_total)
     m = min(n, 20000)
     flops = 2 * n * n * d + 2 * m * n * c * d
     if row["solver"] == "cholesky":
-        flops += n**3 / 3 + (n**3 / 3 if row["selection"] == "loo" else 0)
-    else:
+        flops += regs * (n**3 / 3 + (n**3 / 3 if row["selection"] == "loo" else 0))
+    else:  # one block product with every ridge's columns per pass
         passes = [p for p in row["cg_passes"] if p] or [1]
-        flops += 2 * n * n * c * float(np.mean(passes))
+        flops += 2 * n * n * c * regs * float(np.mean(passes))
     return flops / (gflops * 1e9)
 
 
@@ -232,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         "--datasets", nargs="+", default=["synthetic", "magic"], choices=["synthetic", "magic"]
     )
     parser.add_argument("--methods", nargs="+", default=["nfm", "xrfm"], choices=["nfm", "xrfm"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["defaults", "fixed"], choices=["defaults", "fixed"]
+    )
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--bandwidth", type=float, default=10.0)
     parser.add_argument("--reg", type=float, default=1e-3)
@@ -246,15 +269,17 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
         return 0
 
+    load_start = os.getloadavg()[0]
     gflops = matmul_gflops(args.device)
     print(f"measured matmul rate: {gflops:.1f} GFLOP/s (float32, {args.device})", flush=True)
     jobs = []
-    for dataset in args.datasets:
+    for mode, dataset in ((m, ds) for m in args.modes for ds in args.datasets):
         sizes = args.sizes if dataset == "synthetic" else [None]
         for n in sizes:
             for method in args.methods:
                 jobs.append(
                     {
+                        "mode": mode,
                         "dataset": dataset,
                         "n": n,
                         "d": args.d,
@@ -276,52 +301,67 @@ def main(argv: list[str] | None = None) -> int:
 
     # pair the methods and compute ratios
     table = []
-    for dataset in args.datasets:
-        for n in args.sizes if dataset == "synthetic" else [None]:
-            by = {r["method"]: r for r in rows if r["dataset"] == dataset and r["n"] == n}
-            ours, peer = by.get("nfm"), by.get("xrfm")
-            if ours is None or "error" in ours:
-                table.append({"dataset": dataset, "n": n, "error": (ours or {}).get("error")})
-                continue
-            d_features = args.d if dataset == "synthetic" else 10
-            ours["d_features"] = d_features
-            floor = floor_seconds(ours, gflops)
-            iters = ours["iter_seconds"]
-            entry = {
-                "dataset": dataset,
-                "n_train": ours["n_train"],
-                "d": d_features,
-                "iters": args.iters,
-                "device": args.device,
-                "nfm_seconds": round(ours["fit_seconds"], 2),
-                "nfm_accuracy": round(ours["accuracy"], 4),
-                "nfm_peak_mb": round(ours["peak_rss_mb"], 1),
-                "gram_mb": round(ours["gram_mb"], 1),
-                "nfm_peak_over_gram": round(ours["peak_rss_mb"] / ours["gram_mb"], 2),
-                "nfm_solver": ours["solver"],
-                "nfm_selection": ours["selection"],
-                "nfm_best_iter": ours["best_iter"],
-                "nfm_seconds_per_iter": round(float(np.mean(iters)), 3),
-                "floor_seconds_per_iter": round(floor, 3),
-                "per_iter_over_floor": round(float(np.mean(iters)) / floor, 1),
-            }
-            if "peak_cuda_mb" in ours:
-                entry["nfm_peak_cuda_mb"] = round(ours["peak_cuda_mb"], 1)
-            if peer is not None and "error" not in peer:
-                entry.update(
-                    {
-                        "xrfm_seconds": round(peer["fit_seconds"], 2),
-                        "xrfm_accuracy": round(peer["accuracy"], 4),
-                        "xrfm_peak_mb": round(peer["peak_rss_mb"], 1),
-                        "speedup_vs_xrfm": round(peer["fit_seconds"] / ours["fit_seconds"], 2),
-                        "accuracy_diff": round(ours["accuracy"] - peer["accuracy"], 4),
-                    }
-                )
-                if "peak_cuda_mb" in peer:
-                    entry["xrfm_peak_cuda_mb"] = round(peer["peak_cuda_mb"], 1)
-            elif peer is not None:
-                entry["xrfm_error"] = str(peer["error"])
-            table.append(entry)
+    cells = [
+        (m, ds, n)
+        for m in args.modes
+        for ds in args.datasets
+        for n in (args.sizes if ds == "synthetic" else [None])
+    ]
+    for mode, dataset, n in cells:
+        by = {
+            r["method"]: r
+            for r in rows
+            if r["mode"] == mode and r["dataset"] == dataset and r["n"] == n
+        }
+        ours, peer = by.get("nfm"), by.get("xrfm")
+        if ours is None or "error" in ours:
+            table.append(
+                {"mode": mode, "dataset": dataset, "n": n, "error": (ours or {}).get("error")}
+            )
+            continue
+        d_features = args.d if dataset == "synthetic" else 10
+        ours["d_features"] = d_features
+        floor = floor_seconds(ours, gflops)
+        iters = ours["iter_seconds"]
+        entry = {
+            "mode": mode,
+            "dataset": dataset,
+            "n_train": ours["n_train"],
+            "d": d_features,
+            "iters": ours["n_iter"],
+            "device": args.device,
+            "nfm_seconds": round(ours["fit_seconds"], 2),
+            "nfm_cpu_seconds": round(ours["cpu_seconds"], 2),
+            "nfm_accuracy": round(ours["accuracy"], 4),
+            "nfm_peak_mb": round(ours["peak_rss_mb"], 1),
+            "gram_mb": round(ours["gram_mb"], 1),
+            "nfm_peak_over_gram": round(ours["peak_rss_mb"] / ours["gram_mb"], 2),
+            "nfm_solver": ours["solver"],
+            "nfm_selection": ours["selection"],
+            "nfm_best_iter": ours["best_iter"],
+            "nfm_seconds_per_iter": round(float(np.mean(iters)), 3),
+            "floor_seconds_per_iter": round(floor, 3),
+            "per_iter_over_floor": round(float(np.mean(iters)) / floor, 1),
+        }
+        if "peak_cuda_mb" in ours:
+            entry["nfm_peak_cuda_mb"] = round(ours["peak_cuda_mb"], 1)
+        if peer is not None and "error" not in peer:
+            entry.update(
+                {
+                    "xrfm_seconds": round(peer["fit_seconds"], 2),
+                    "xrfm_cpu_seconds": round(peer["cpu_seconds"], 2),
+                    "xrfm_accuracy": round(peer["accuracy"], 4),
+                    "xrfm_peak_mb": round(peer["peak_rss_mb"], 1),
+                    "speedup_vs_xrfm": round(peer["fit_seconds"] / ours["fit_seconds"], 2),
+                    "cpu_speedup_vs_xrfm": round(peer["cpu_seconds"] / ours["cpu_seconds"], 2),
+                    "accuracy_diff": round(ours["accuracy"] - peer["accuracy"], 4),
+                }
+            )
+            if "peak_cuda_mb" in peer:
+                entry["xrfm_peak_cuda_mb"] = round(peer["peak_cuda_mb"], 1)
+        elif peer is not None:
+            entry["xrfm_error"] = str(peer["error"])
+        table.append(entry)
 
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"rfm_vs_xrfm{args.tag}"
@@ -341,15 +381,20 @@ def main(argv: list[str] | None = None) -> int:
         f"- machine: {machine()}",
         f"- device: {args.device}; torch threads: {args.threads or 'default'}",
         f"- measured float32 matmul rate: {gflops:.1f} GFLOP/s",
-        f"- Laplace kernel, bandwidth {args.bandwidth:g}, reg {args.reg:g}, {args.iters} "
-        "iterations, float32, seed "
-        f"{args.seed}; command: `python benchmarks/bench_rfm_xrfm.py "
-        f"{' '.join(sys.argv[1:])}`",
+        "- mode `defaults`: `RFMClassifier()` vs `xRFM()` (each with its own defaults, 5 "
+        "iterations); mode `fixed`: Laplace kernel, bandwidth "
+        f"{args.bandwidth:g}, reg {args.reg:g}, {args.iters} iterations, AGOP power 1, float32 "
+        f"for both; seed {args.seed}",
+        f"- command: `python benchmarks/bench_rfm_xrfm.py {' '.join(sys.argv[1:])}`",
         "- peak memory = peak RSS increase of the fitting subprocess over its level after "
         "imports and data loading; gram = n x n float32.",
-        "- times are noisy when the machine is shared: compare ratios within one run only.",
-        "- nfm selects the iteration itself (LOO with Cholesky up to 6000 rows, else an internal "
-        "20% holdout + refit on all rows); xrfm trains on 80% of the rows and validates on 20%.",
+        "- times are noisy when the machine is shared: compare ratios within one run only; "
+        "`*_cpu_seconds` is the fitting process's CPU time (all its threads), less sensitive "
+        f"to other jobs than wall time; 1-minute load average at the start {load_start:.1f}, "
+        f"at the end {os.getloadavg()[0]:.1f}.",
+        "- nfm selects the iteration (and, with its default grid, the ridge) itself: "
+        f"leave-one-out with Cholesky up to {AUTO_CHOLESKY_MAX_N} rows, else an internal 20% "
+        "holdout + refit on all rows; xrfm trains on 80% of the rows and validates on 20%.",
         "",
         "| " + " | ".join(fields) + " |",
         "|" + "---|" * len(fields),

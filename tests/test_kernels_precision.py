@@ -140,3 +140,25 @@ def test_float64_predictor_values_do_not_depend_on_the_batch():
     rows = torch.cat([kernel.predictor_values(Q[i : i + 1], X, M, coef) for i in range(len(Q))])
     scale = float(coef.abs().sum(0).max())
     assert float((batch - rows).abs().max()) <= 1e-12 * scale
+
+
+def test_an_outlying_centre_widens_the_cheap_candidate_test_but_not_the_result():
+    # one centre 1000 units out makes max_j z^T M z huge: the cheap row-wise candidate test
+    # then lets every pair through, and the per-pair test must recompute exactly those with
+    # s <= N_ij / 256 (the others keep their expanded value): same accuracy as without it
+    gen = torch.Generator().manual_seed(5)
+    X = torch.randn(120, 6, generator=gen, dtype=torch.float64)
+    X[0] += 1000.0
+    Q = torch.cat([X[1:30] + 1e-4 * torch.randn(29, 6, generator=gen, dtype=torch.float64), X])
+    X, Q = X.float(), Q.float()
+    M = _spd(6, gen).float()
+    for kernel in (LaplaceKernel(10.0), LaplaceKernel(1.0), GaussianKernel(3.0)):
+        got = kernel.gram(Q, X, M, block_size=17).double()
+        expected = reference_kernel(
+            Q.double(), X.double(), M.double(), kernel.name, kernel.bandwidth
+        )
+        assert bool(torch.isfinite(got).all())
+        assert float((got - expected).abs().max()) <= 64 * EPS32
+    distances = MahalanobisDistances(X, M, X.mean(0))
+    s, _ = distances.block(X, self_offset=0)
+    assert float(s.min()) >= 0.0 and bool((s.diagonal() == 0).all())

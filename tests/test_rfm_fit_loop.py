@@ -236,3 +236,33 @@ def test_holdout_split_sizes_and_errors():
     assert len(val) == 1 and len(train) == 2
     with pytest.raises(ValueError, match="at least 3 samples"):
         holdout_split(2, 0.5, None, rng, "RFM")
+
+
+def test_the_conjugate_gradient_grid_scores_every_ridge_like_the_reference():
+    # the CG path solves the whole grid in one block run and scores it with one validation
+    # kernel pass: every ridge's holdout R^2 must match a direct float64 reference solve
+    X, Y = _problem(n=70, seed=3)
+    regs = (1e-2, 1e-1, 1.0)
+    rule = Holdout(X[55:], Y[55:])
+    settings = FitSettings(
+        kernel=LaplaceKernel(2.0),
+        regs=regs,
+        n_iter=0,
+        metric_update=MetricUpdate(power=1.0, normalization="max"),
+        selection=rule,
+        scorer=regression_scores,
+        solver="cg",
+        cg_tol=1e-11,
+    )
+    eye = torch.eye(3, dtype=torch.float64)
+    path = fit_path(
+        X[:55], Y[:55], eye, settings, agop_rows=np.arange(55), generator=torch.Generator()
+    )
+    K = reference_kernel(X[:55], X[:55], eye, "laplace", 2.0).numpy()
+    K_val = reference_kernel(X[55:], X[:55], eye, "laplace", 2.0).numpy()
+    y_val = Y[55:].numpy()
+    for reg in regs:
+        pred = K_val @ reference_kernel_ridge(K, Y[:55].numpy(), reg)
+        r2 = 1 - ((y_val - pred) ** 2).sum() / ((y_val - y_val.mean()) ** 2).sum()
+        assert path.records[0].scores_by_reg[reg] == pytest.approx(r2, rel=1e-7, abs=1e-9)
+    assert path.records[0].cg_passes is not None

@@ -14,8 +14,9 @@ about two more digits).
 The expansion's rounding error is :math:`O(\epsilon N)`, absolute, so it still loses the small
 distances (in float32 a duplicate pair gets :math:`s \approx 10^{-6} N`, hence a Laplace value
 :math:`1 - \sqrt{s}/L` off by about :math:`10^{-4}`). Pairs whose expanded value is at most
-:data:`DIRECT_FRACTION` :math:`\cdot N` (a candidate test with the largest centre norm in
-place of :math:`\tilde z^T M \tilde z`, so a few more pairs qualify) are therefore recomputed
+:data:`DIRECT_FRACTION` :math:`\cdot N` (found by a cheap test with the largest centre norm in
+place of :math:`\tilde z^T M \tilde z`, then the exact per-pair test on those candidates) are
+therefore recomputed
 from their explicit difference :math:`u = \tilde x - \tilde z` as :math:`u^T M u`, accurate to a
 few :math:`\epsilon` relative to :math:`s` itself (duplicates give exactly 0). The remaining
 pairs have :math:`s > N / 256`: with :math:`|\delta s| \le c\,\epsilon N`, the distance
@@ -77,6 +78,8 @@ class MahalanobisDistances:
         self.MZc = self.Zc @ M
         self.z_norms = (self.MZc * self.Zc).sum(dim=1)
         self.z_max = float(self.z_norms.max()) if self.z_norms.numel() else 0.0
+        # [-2 M z, z^T M z]: with [x, 1] on the left one product gives -2 x^T M z + z^T M z
+        self._right = torch.cat([self.MZc * -2.0, self.z_norms[:, None]], dim=1).T
         self.diagonal = torch.diagonal(M) if _is_diagonal(M) else None
         self.threshold = rounding_threshold(Z.dtype)
 
@@ -114,11 +117,12 @@ class MahalanobisDistances:
         """
         Xc = self.centred(Xb)
         x_norms = ((Xc @ self.M) * Xc).sum(dim=1)
-        s = torch.addmm(x_norms[:, None], Xc, self.MZc.T, beta=1.0, alpha=-2.0, out=out)
-        s.add_(self.z_norms[None, :]).clamp_(min=0.0)
+        ones = torch.ones((Xc.shape[0], 1), dtype=Xc.dtype, device=Xc.device)
+        s = torch.addmm(x_norms[:, None], torch.cat([Xc, ones], dim=1), self._right, out=out)
         # candidates: s <= rho (x_norm_i + max_j z_norm_j), a superset of s <= rho N_ij that
-        # needs one comparison per entry and no (b, n) temporary of floats
-        bound = (x_norms + self.z_max) * DIRECT_FRACTION
+        # needs one comparison per entry and no (b, n) temporary of floats; every negative
+        # rounding of s is a candidate (the bound is >= 0), so no clamp pass is needed
+        bound = ((x_norms + self.z_max) * DIRECT_FRACTION).clamp_(min=0.0)
         close = s <= bound[:, None]
         if self_offset is not None:
             s.diagonal(offset=self_offset).zero_()
@@ -127,6 +131,11 @@ class MahalanobisDistances:
         if int(torch.count_nonzero(close)):  # cheaper than nonzero() on an empty mask
             pairs = close.nonzero()
             del close
+            i, j = pairs.unbind(dim=1)
+            # the candidates that pass the per-pair test s <= rho N_ij (negatives always do)
+            limit = ((x_norms[i] + self.z_norms[j]) * DIRECT_FRACTION).clamp_(min=0.0)
+            pairs = pairs[s[i, j] <= limit]
+            del i, j, limit
             duplicates = self._refine(s, Xc, x_norms, pairs, self_offset, zero_near_duplicates)
         return s, duplicates
 

@@ -33,10 +33,13 @@ Published conventions:
   dtype="float64"``.
 
 Defaults (Laplace kernel, bandwidth 10, 5 iterations, ``metric_power=0.5`` with
-``metric_normalization="max"``, ``reg`` chosen by leave-one-out from :data:`DEFAULT_REG_GRID`,
-float32) were chosen on the validation parts of the tabular benchmark: among 14 candidate
+``metric_normalization="max"``, ``reg`` chosen from :data:`DEFAULT_REG_GRID` by the selection
+rule, float32) were chosen on the validation parts of the tabular benchmark: among 14 candidate
 defaults they had the best mean validation rank on both the classification and the regression
 suite (``benchmarks/results/tabular/defaults/study_summary.csv``; docs/tabular-benchmark.md).
+That study selected by leave-one-out up to 6,000 rows; now ``solver="auto"`` switches to
+conjugate gradients (the whole reg grid in one block run) and holdout selection above
+:data:`nfm.solvers.AUTO_CHOLESKY_MAX_N` = 1,000 rows (docs/rfm.md, "Why these defaults").
 """
 
 from __future__ import annotations
@@ -69,8 +72,10 @@ from nfm.rfm.fit import (
     leave_one_out_values,
     refit,
 )
+from nfm.rfm.large_n import choose_leaf_size
 from nfm.rfm.metric import MetricUpdate, initial_metric, metric_root
 from nfm.rfm.params import DEFAULT_REG_GRID, CheckedParams, check_hyperparameters, resolve_device
+from nfm.rfm.partition import partitioned_state
 from nfm.rfm.scoring import Scores, classification_scores, regression_scores
 from nfm.rfm.selection import (
     SELECTION_CG_TOL,
@@ -162,6 +167,8 @@ class _BaseRFM(BaseEstimator, ABC):
         dtype: str = "float32",
         block_size: int | None = None,
         verbose: bool = False,
+        leaf_size: int | str | None = "auto",
+        memory_limit: float | str | None = "auto",
     ) -> None:
         self.kernel = kernel
         self.bandwidth = bandwidth
@@ -184,6 +191,8 @@ class _BaseRFM(BaseEstimator, ABC):
         self.dtype = dtype
         self.block_size = block_size
         self.verbose = verbose
+        self.leaf_size = leaf_size
+        self.memory_limit = memory_limit
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -281,6 +290,12 @@ class _BaseRFM(BaseEstimator, ABC):
             y_numeric=not self._is_classifier,
         )
         targets = self._encode_targets(data.y, params)
+        leaf_size = choose_leaf_size(
+            self, *data.X.shape, targets.Y.shape[1], dtype=params.dtype, device=params.device
+        )
+        if leaf_size is not None:  # the AGOP-split tree (nfm.rfm.partition)
+            self._assign_fitted(partitioned_state(self, data, targets, leaf_size))
+            return self
         M0 = initial_metric(
             self.initial_metric,
             data.X.shape[1],
@@ -461,7 +476,7 @@ class _BaseRFM(BaseEstimator, ABC):
 
     # ------------------------------------------------------------------ prediction
     def _predict_inputs(self, X: Any) -> tuple[torch.Tensor, torch.device]:
-        check_is_fitted(self, "dual_coef_")
+        check_is_fitted(self, "n_features_in_")
         device = resolve_device(self.device)
         return validate_predict_X(self, X, dtype=PREDICT_DTYPE, device=device), device
 
@@ -473,6 +488,8 @@ class _BaseRFM(BaseEstimator, ABC):
     def _decision_values(self, X: Any) -> torch.Tensor:
         """Kernel predictor values ``(n, c)`` in float64 on ``device``."""
         Xt, device = self._predict_inputs(X)
+        if getattr(self, "partition_", None) is not None:
+            return self.partition_.decision_values(Xt)
         return self.kernel_.predictor_values(
             Xt,
             self._fitted_tensor(self.X_fit_, device),
@@ -532,7 +549,8 @@ class RFMRegressor(RegressorMixin, _BaseRFM):
         conjugate gradient above.
     selection : {"loo", "holdout", "last"}
         How the iteration (and reg) is chosen: closed-form leave-one-out (needs the Cholesky
-        solver; with the iterative solver it falls back to "holdout"), an internal split of
+        solver; with the iterative solver, i.e. by default above 1,000 rows, it falls back to
+        "holdout", where the whole reg grid is solved in one block CG run), an internal split of
         ``validation_fraction`` (the chosen metric and reg are then refitted on all rows), or
         the last iteration.
     validation_fraction : float
@@ -655,7 +673,7 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         classes, idx = np.unique(y, return_inverse=True)
         if classes.size < 2:
             raise NFMInputError(
-                f"{name} needs at least 2 classes to fit; got 1 class ({classes[0]!r})"
+                f"{name} needs at least 2 classes in y to fit; got 1 class ({classes[0]!r})"
             )
         Y = np.zeros((y.shape[0], classes.size), dtype=np.float64)
         Y[np.arange(y.shape[0]), idx] = 1.0
@@ -686,12 +704,18 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
 
     def predict_proba(self, X: Any) -> Any:
         """Class probabilities :math:`\\mathrm{softmax}(f(x) / T)`, rows sum to 1."""
+        if getattr(self, "partition_", None) is not None:
+            return _output_like(self.partition_.probabilities(self._predict_inputs(X)[0]), X)
         out = torch.softmax(self._decision_values(X) / self.temperature_, dim=1)
         return _output_like(out, X)
 
     def predict(self, X: Any) -> Any:
         """Predicted labels (``classes_[argmax f(x)]``)."""
-        idx = self._decision_values(X).argmax(dim=1).cpu().numpy()
+        if getattr(self, "partition_", None) is not None:  # a leaf's unseen classes: p = 0
+            scores = self.partition_.probabilities(self._predict_inputs(X)[0])
+        else:
+            scores = self._decision_values(X)
+        idx = scores.argmax(dim=1).cpu().numpy()
         labels = self.classes_[idx]
         if array_kind(X) == "torch" and np.issubdtype(labels.dtype, np.number):
             return torch.as_tensor(labels, device=X.device)

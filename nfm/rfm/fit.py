@@ -3,8 +3,10 @@ r"""The RFM fit loop: a pure function from tensors and settings to the per-itera
 For :math:`t = 0, 1, \dots, n_\mathrm{iter}`:
 
 1. build :math:`K_{M_t}` and solve :math:`(K_{M_t} + \lambda I) A = Y` for every :math:`\lambda`
-   of the grid (:func:`solve_ridge`); score each on the training rows and, through the
-   selection rule, out of sample; keep the rule's best :math:`\lambda`;
+   of the grid (Cholesky: one factorisation per :math:`\lambda`, :func:`solve_ridge`;
+   conjugate gradients: the whole grid in one block run, :func:`solve_ridge_grid`); score each
+   on the training rows and, through the selection rule, out of sample (one kernel pass for
+   the whole grid); keep the rule's best :math:`\lambda`;
 2. the selection rule decides whether this iteration replaces the best predictor so far;
 3. unless this was the last iteration: :math:`G` = AGOP of the predictor over the sample rows,
    :math:`M_{t+1} = \mathrm{update}(G)`; a zero AGOP (constant predictor) stops the loop.
@@ -28,7 +30,11 @@ from nfm.kernels import Kernel
 from nfm.rfm.metric import MetricUpdate
 from nfm.rfm.scoring import Scores
 from nfm.rfm.selection import REFIT_CG_TOL, SelectionRule
-from nfm.solvers import cholesky_solve, conjugate_gradient_solve
+from nfm.solvers import (
+    cholesky_solve,
+    conjugate_gradient_solve,
+    conjugate_gradient_solve_regs,
+)
 
 __all__ = [
     "FitPath",
@@ -40,6 +46,7 @@ __all__ = [
     "leave_one_out_values",
     "refit",
     "solve_ridge",
+    "solve_ridge_grid",
 ]
 
 
@@ -193,6 +200,29 @@ def solve_ridge(
     return RidgeSolution(coef=res.coef, jitter=0.0, inverse_diagonal=None, cg_passes=res.n_iter)
 
 
+def solve_ridge_grid(
+    K: torch.Tensor,
+    Y: torch.Tensor,
+    regs: tuple[float, ...],
+    *,
+    initial: list[torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    tol: float | None = None,
+) -> list[RidgeSolution]:
+    """Every ridge of the grid by one block conjugate-gradient run (``K`` is kept).
+
+    :func:`nfm.solvers.conjugate_gradient_solve_regs`: one product with ``K`` per iteration
+    for all ridges, warm-started from ``initial`` (one coefficient matrix per ridge).
+    """
+    results = conjugate_gradient_solve_regs(
+        K, Y, list(regs), initial=initial, generator=generator, tol=tol
+    )
+    return [
+        RidgeSolution(coef=res.coef, jitter=0.0, inverse_diagonal=None, cg_passes=res.n_iter)
+        for res in results
+    ]
+
+
 def _gram_filler(settings: FitSettings, X: torch.Tensor, M: torch.Tensor):
     def fill(out: torch.Tensor) -> torch.Tensor:
         return settings.kernel.gram(X, X, M, out=out, block_size=settings.block_size)
@@ -250,42 +280,47 @@ def fit_path(
     agop_index = torch.as_tensor(agop_rows, device=X.device)
     path = FitPath()
     best_scores: Scores | None = None
-    previous: torch.Tensor | None = None
     M = M0
     for iteration in range(settings.n_iter + 1):
         start = time.perf_counter()
         rebuild = _gram_filler(settings, X, M)
-        candidates: list[_Candidate] = []
-        duplicates = 0
-        built = False
-        for reg in settings.regs:
-            if not built or settings.solver == "cholesky":  # Cholesky factors K in place
+        if settings.solver == "cg":  # one Gram matrix, the whole grid in one block CG
+            _, info = kernel.gram(X, X, M, out=K, block_size=settings.block_size, return_info=True)
+            duplicates = info.near_duplicate_pairs
+            # cold starts: the previous iteration's coefficients solve another metric's system
+            # and saved no iterations (measured), but cost a float64 residual to start from
+            solutions = solve_ridge_grid(
+                K, Y, settings.regs, generator=generator, tol=settings.cg_tol
+            )
+        else:  # Cholesky factors K in place: one Gram matrix per ridge
+            solutions = []
+            for reg in settings.regs:
                 _, info = kernel.gram(
                     X, X, M, out=K, block_size=settings.block_size, return_info=True
                 )
                 duplicates = info.near_duplicate_pairs
-                built = True
-            solution = solve_ridge(
-                K,
-                Y,
-                reg,
-                solver=settings.solver,
-                inverse_diagonal=selection.needs_inverse_diagonal,
-                rebuild=rebuild,
-                initial=previous,
-                generator=generator,
-                tol=settings.cg_tol,
-            )
+                solutions.append(
+                    solve_ridge(
+                        K,
+                        Y,
+                        reg,
+                        solver="cholesky",
+                        inverse_diagonal=selection.needs_inverse_diagonal,
+                        rebuild=rebuild,
+                    )
+                )
+        heldouts = selection.heldout_grid(
+            coefs=[solution.coef for solution in solutions],
+            inverse_diagonals=[solution.inverse_diagonal for solution in solutions],
+            Y_train=Y,
+            kernel=kernel,
+            X_train=X,
+            M=M,
+            block_size=settings.block_size,
+        )
+        candidates: list[_Candidate] = []
+        for reg, solution, heldout in zip(settings.regs, solutions, heldouts, strict=True):
             train_values = Y - (reg + solution.jitter) * solution.coef  # = K A
-            heldout = selection.heldout(
-                coef=solution.coef,
-                inverse_diagonal=solution.inverse_diagonal,
-                Y_train=Y,
-                kernel=kernel,
-                X_train=X,
-                M=M,
-                block_size=settings.block_size,
-            )
             values, targets = heldout if heldout is not None else (None, None)
             candidates.append(
                 _Candidate(
@@ -298,6 +333,7 @@ def fit_path(
                     heldout=settings.scorer(targets, values) if values is not None else None,
                 )
             )
+        del solutions, heldouts
         chosen = candidates[selection.best_reg([c.heldout for c in candidates])]
         by_reg = (
             {c.reg: c.heldout.score for c in candidates} if chosen.heldout is not None else None
@@ -327,7 +363,7 @@ def fit_path(
                 heldout_targets=chosen.heldout_targets,
             )
         path.records.append(record)
-        coef = previous = chosen.solution.coef
+        coef = chosen.solution.coef
         del candidates, chosen
         if on_iteration is not None and on_iteration(record, coef):
             path.stop_reason = "callback"

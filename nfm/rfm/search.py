@@ -11,8 +11,10 @@ search itself is :class:`sklearn.model_selection.GridSearchCV` on that one split
 there. Within each candidate, the estimator still selects its own best iteration (and reg, when
 configured) by its ``selection`` rule, e.g. closed-form leave-one-out.
 
-The default search space, :func:`default_search_space`, is the one the tabular benchmark tunes
-over (``docs/tabular-benchmark.md``), so the library's tuned mode is the benchmark's.
+The default search space, :func:`default_search_space`, is the one the tabular benchmark's
+development run tuned over. The held-out run tunes over a copy of it registered before that run,
+``nfm.tabular.registration.RFM_SEARCH_SPACE`` (fixed on 2026-12-02; ``docs/tabular-benchmark.md``),
+so later changes to this default cannot alter the registered benchmark.
 
 Example
 -------

@@ -130,6 +130,19 @@ class SelectionRule(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Out-of-sample predictions of the candidate ``coef`` and their targets (or None)."""
 
+    def heldout_grid(
+        self,
+        *,
+        coefs: Sequence[torch.Tensor],
+        inverse_diagonals: Sequence[torch.Tensor | None],
+        **kwargs: Any,
+    ) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """:meth:`heldout` for every candidate of a ridge grid (same other arguments)."""
+        return [
+            self.heldout(coef=coef, inverse_diagonal=inv, **kwargs)
+            for coef, inv in zip(coefs, inverse_diagonals, strict=True)
+        ]
+
     def best_reg(self, heldout_scores: Sequence[Scores | None]) -> int:
         """Index of the winning ridge among one iteration's candidates."""
         keys = [s.key for s in heldout_scores]  # type: ignore[union-attr]
@@ -164,6 +177,14 @@ class Holdout(SelectionRule):
     def heldout(self, *, coef, kernel, X_train, M, block_size, **_: Any):
         values = kernel.predictor_values(self.X_val, X_train, M, coef, block_size=block_size)
         return values, self.Y_val
+
+    def heldout_grid(self, *, coefs, kernel, X_train, M, block_size, **_: Any):
+        """One pass over the validation kernel for the whole grid (coefficients side by side)."""
+        values = kernel.predictor_values(
+            self.X_val, X_train, M, torch.cat(list(coefs), dim=1), block_size=block_size
+        )
+        widths = [coef.shape[1] for coef in coefs]
+        return [(part, self.Y_val) for part in torch.split(values, widths, dim=1)]
 
 
 class LastIteration(SelectionRule):

@@ -13,6 +13,10 @@ or stalled above ``tol``:
 * no progress: the residual did not fall below :data:`STALL_PROGRESS` times its best value for
   :data:`STALL_WINDOW` iterations;
 * breakdown: :math:`p^T (K + \lambda I) p \le 0` (``K`` is not positive semi-definite).
+
+A convergence claim is verified at once only when it is the last running column's; earlier
+claims are deferred (the caller pauses those columns) and verified together with it, so a
+block of many right-hand sides (a ridge grid) pays one float64 residual per round of claims.
 """
 
 from __future__ import annotations
@@ -80,6 +84,8 @@ class ColumnStopping:
         Why the first column stalled ("" if none).
     replace : (c,) bool tensor
         The columns whose recursive residual the last request asked to replace.
+    deferred : (c,) bool tensor
+        The columns whose convergence claim the last request deferred (to be paused).
     """
 
     def __init__(self, returned_residual: torch.Tensor, tol: float, dtype: torch.dtype):
@@ -101,6 +107,7 @@ class ColumnStopping:
         self._floor_since = torch.zeros(returned_residual.shape, dtype=torch.long)
         self._claims = torch.zeros_like(self.converged)
         self.replace = torch.zeros_like(self.converged)
+        self.deferred = torch.zeros_like(self.converged)
 
     @property
     def active(self) -> torch.Tensor:
@@ -120,8 +127,24 @@ class ColumnStopping:
         r"""Stop the columns where :math:`p^T (K + \lambda I) p \le 0`."""
         self._stall(mask, "breakdown: p^T (K + reg I) p <= 0, K + reg I is not positive definite")
 
-    def residual_request(self, recursive: torch.Tensor, iteration: int) -> str | None:
+    def residual_request(
+        self, recursive: torch.Tensor, iteration: int, paused: torch.Tensor | None = None
+    ) -> str | None:
         """Record the recursive residuals; say whether a true residual is needed now.
+
+        A convergence claim is verified at once only when no other running column is still
+        above ``tol``; otherwise the claiming columns are returned in :attr:`deferred`, the
+        caller pauses them (no further steps), and they are verified together with the last
+        claim (one float64 residual for the whole block instead of one per claim). Paused
+        columns do not age towards the no-progress stall.
+
+        Parameters
+        ----------
+        recursive : (c,) tensor
+            The recursively updated relative residuals.
+        iteration : int
+        paused : (c,) bool tensor, optional
+            Columns paused after a deferred claim.
 
         Returns
         -------
@@ -131,26 +154,37 @@ class ColumnStopping:
             replace a recursive residual that fell by the replacement drop. The columns to
             replace are :attr:`replace`.
         """
+        if paused is None:
+            paused = torch.zeros_like(self.converged)
         progressed = recursive < STALL_PROGRESS * self._best
-        self._best = torch.where(progressed, recursive, self._best)
-        self._best_at = torch.where(progressed, iteration, self._best_at)
+        self._best = torch.where(progressed & ~paused, recursive, self._best)
+        self._best_at = torch.where(progressed | paused, iteration, self._best_at)
         self._stall(
             iteration - self._best_at >= STALL_WINDOW,
             f"the residual made no progress over {STALL_WINDOW} iterations",
         )
-        active = self.active
-        self._peak = torch.maximum(self._peak, recursive)
-        self._claims = active & (recursive <= self.tol)
-        floor_checks = active & torch.isfinite(self._floor_best)
+        running = self.active & ~paused
+        self._peak = torch.where(running, torch.maximum(self._peak, recursive), self._peak)
+        claims = running & (recursive <= self.tol)
+        floor_checks = running & torch.isfinite(self._floor_best)
         if iteration % FLOOR_CHECK_INTERVAL != 0:
             floor_checks = torch.zeros_like(floor_checks)
         periodic = (
             RESIDUAL_REPLACEMENT_INTERVAL is not None
             and iteration % RESIDUAL_REPLACEMENT_INTERVAL == 0
         )
-        drops = active & (recursive <= self._drop * self._peak)
-        self.replace = active if periodic else self._claims | floor_checks | drops
-        if periodic or bool((self._claims | floor_checks).any()):
+        drops = running & (recursive <= self._drop * self._peak)
+        self.deferred = torch.zeros_like(claims)
+        others = running & ~claims
+        if not periodic and not bool(floor_checks.any()) and bool(others.any()):
+            self.deferred = claims  # verified later, with the last claim
+            claims = torch.zeros_like(claims)
+            drops = drops & ~self.deferred
+        else:
+            claims = claims | (self.active & paused)
+        self._claims = claims
+        self.replace = running if periodic else claims | floor_checks | drops
+        if periodic or bool((claims | floor_checks).any()):
             return "verify"
         return "resync" if bool(drops.any()) else None
 

@@ -10,7 +10,7 @@ import torch
 from nfm._utils.validation import check_square
 from nfm.exceptions import NFMInputError
 
-__all__ = ["as_right_hand_sides", "check_integer", "check_kernel_system"]
+__all__ = ["as_right_hand_sides", "check_integer", "check_kernel_system", "check_reg"]
 
 
 def _check_finite(t: torch.Tensor, name: str) -> None:
@@ -56,6 +56,14 @@ def check_kernel_system(K: object, Y: object, reg: object) -> float:
             f"Y has {Y.shape[0]} rows (shape {tuple(Y.shape)}) but K is "
             f"{K.shape[0]} x {K.shape[1]}; they must match"
         )
+    reg = check_reg(reg)
+    _check_finite(K, "K")
+    _check_finite(Y, "Y")
+    return reg
+
+
+def check_reg(reg: object) -> float:
+    r"""``reg`` as a float; raises :class:`NFMInputError` unless it is a finite real ``>= 0``."""
     if isinstance(reg, torch.Tensor) and reg.numel() == 1 and not reg.is_complex():
         reg = reg.item()
     if isinstance(reg, bool) or not isinstance(reg, numbers.Real):
@@ -63,8 +71,6 @@ def check_kernel_system(K: object, Y: object, reg: object) -> float:
     reg = float(reg)
     if not math.isfinite(reg) or reg < 0:
         raise NFMInputError(f"reg must be a finite number >= 0; got {reg!r}")
-    _check_finite(K, "K")
-    _check_finite(Y, "Y")
     return reg
 
 

@@ -23,6 +23,14 @@ relative residual is :math:`10^{-2}`. So the solver
 * stops a column that stalls above ``tol`` (the attainable accuracy, the rounding of the
   coefficients, no progress, or a breakdown: :mod:`nfm.solvers._stopping`) and warns
   (:class:`~nfm.exceptions.NumericalWarning`), as it does when ``max_iter`` is reached.
+
+:func:`conjugate_gradient_solve_regs` solves :math:`(K + \lambda_j I) A_j = Y` for a whole
+grid of ridges at once: the columns of every system run as independent CG recursions, each with
+its own shift, that share one block product :math:`K [P_1, \dots, P_r]` per iteration. A
+product of an ``n x n`` matrix with a few columns is bound by reading ``K`` from memory, so on
+a CPU one product with ``r c`` columns costs about as much as one with ``c`` (measured by
+``benchmarks/bench_rfm_xrfm.py``); the grid then costs about one solve of its hardest member
+instead of ``r`` solves, and one preconditioner instead of ``r``.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,13 +47,19 @@ import torch
 from nfm.exceptions import NFMInputError, NumericalWarning
 from nfm.solvers._blas import single_threaded_blas
 from nfm.solvers._stopping import ColumnStopping
-from nfm.solvers._validation import as_right_hand_sides, check_integer, check_kernel_system
+from nfm.solvers._validation import (
+    as_right_hand_sides,
+    check_integer,
+    check_kernel_system,
+    check_reg,
+)
 from nfm.solvers.preconditioners import NystromPreconditioner
 
 __all__ = [
     "SYMV_MAX_COLUMNS",
     "CGResult",
     "conjugate_gradient_solve",
+    "conjugate_gradient_solve_regs",
 ]
 
 #: at most this many right-hand sides use one BLAS ``symv`` per column (see _symmetric_product).
@@ -91,8 +105,8 @@ class CGResult:
     diagonal_shift: float
 
 
-def _symmetric_product(K: torch.Tensor, n_columns: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function ``V -> K V`` for the symmetric ``K``, the fastest form for ``n_columns``.
+def _symmetric_product(K: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function ``V -> K V`` for the symmetric ``K``, the fastest form for ``V``'s columns.
 
     The product of an ``n x n`` matrix with a few columns is memory bound. On CPU, for up to
     :data:`SYMV_MAX_COLUMNS` columns, BLAS ``ssymv``/``dsymv`` (one per column, reading one
@@ -102,38 +116,44 @@ def _symmetric_product(K: torch.Tensor, n_columns: int) -> Callable[[torch.Tenso
     ``K V = (V^T K)^T``, several times faster than ``K @ V`` for few columns on CPU (a
     row-major GEMM with a short inner loop).
     """
-    if (
+
+    def gemm(V: torch.Tensor) -> torch.Tensor:
+        return (V.T @ K).T
+
+    if not (
         K.device.type == "cpu"
         and K.dtype in (torch.float32, torch.float64)
         and K.is_contiguous()
         and not K.requires_grad
-        and n_columns <= SYMV_MAX_COLUMNS
     ):
-        from scipy.linalg import blas
+        return gemm
+    from scipy.linalg import blas
 
-        symv = blas.ssymv if K.dtype == torch.float32 else blas.dsymv
-        column_major = K.numpy().T  # F-contiguous view; its lower triangle is K's upper one
+    symv = blas.ssymv if K.dtype == torch.float32 else blas.dsymv
+    column_major = K.numpy().T  # F-contiguous view; its lower triangle is K's upper one
 
-        def product(V: torch.Tensor) -> torch.Tensor:
-            out = torch.empty_like(V)
-            with single_threaded_blas():
-                for j in range(V.shape[1]):
-                    column = np.ascontiguousarray(V[:, j].numpy())
-                    out[:, j] = torch.from_numpy(symv(1.0, column_major, column, lower=1))
-            return out
+    def product(V: torch.Tensor) -> torch.Tensor:
+        if V.shape[1] > SYMV_MAX_COLUMNS:  # e.g. the columns of a ridge grid still running
+            return gemm(V)
+        out = torch.empty_like(V)
+        with single_threaded_blas():
+            for j in range(V.shape[1]):
+                column = np.ascontiguousarray(V[:, j].numpy())
+                out[:, j] = torch.from_numpy(symv(1.0, column_major, column, lower=1))
+        return out
 
-        return product
-    return lambda V: (V.T @ K).T
+    return product
 
 
 def _true_residual(
     K: torch.Tensor,
     X: torch.Tensor,
     Y64: torch.Tensor,
-    reg: float,
+    shifts: torch.Tensor,
     product: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    r""":math:`Y - (K + \lambda I) X` in float64 (``K``'s rows converted block by block)."""
+    r""":math:`Y - K X - X \mathrm{diag}(\lambda)` in float64 (column ``j`` shifted by
+    ``shifts[j]``; ``K``'s rows converted to float64 block by block)."""
     X64 = X.to(torch.float64)
     if K.dtype == torch.float64:
         R = Y64 - product(X64)
@@ -141,11 +161,10 @@ def _true_residual(
         n = K.shape[0]
         rows = max(1, _RESIDUAL_BLOCK_ELEMENTS // max(n, 1))
         R = Y64.clone()
+        X64_rows = X64.T.contiguous()  # (c, n) @ (n, rows): the fast form for few columns
         for i in range(0, n, rows):
-            R[i : i + rows] -= K[i : i + rows].to(torch.float64) @ X64
-    if reg != 0:
-        R.sub_(X64, alpha=reg)
-    return R
+            R[i : i + rows] -= (X64_rows @ K[i : i + rows].to(torch.float64).T).T
+    return R.sub_(X64 * shifts.to(R))
 
 
 def _check_options(tol, max_iter, preconditioner_rank, generator) -> None:
@@ -231,6 +250,76 @@ def conjugate_gradient_solve(
         When it stops above ``tol``: ``max_iter`` reached, or stalled.
     """
     reg = check_kernel_system(K, Y, reg)
+    initials = None if initial is None else [initial]
+    return _solve_grid(K, Y, (reg,), initials, tol, max_iter, preconditioner_rank, generator)[0]
+
+
+def conjugate_gradient_solve_regs(
+    K: torch.Tensor,
+    Y: torch.Tensor,
+    regs: Sequence[float],
+    *,
+    initial: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
+    tol: float | None = None,
+    max_iter: int | None = None,
+    preconditioner_rank: int = 300,
+    generator: torch.Generator | None = None,
+) -> list[CGResult]:
+    r"""Solve :math:`(K + \lambda_j I) A_j = Y` for every ridge of a grid in one block CG.
+
+    The ``len(regs) * c`` columns are independent CG recursions, column ``(j, k)`` for
+    :math:`(K + \lambda_j I) a = y_k`, that share one block product with ``K`` per iteration
+    and one Nystrom sample: the preconditioner of column ``(j, k)`` is that of
+    :func:`conjugate_gradient_solve` for :math:`\lambda_j`. Each result is exactly what
+    :func:`conjugate_gradient_solve` guarantees for its ridge (true residual, convergence on
+    it, stall detection); columns that converged stop while the others continue.
+
+    Parameters
+    ----------
+    K, Y, tol, max_iter, preconditioner_rank, generator
+        As in :func:`conjugate_gradient_solve`.
+    regs : sequence of float
+        The ridges :math:`\lambda_j \ge 0` (at least one).
+    initial : tensor of ``Y``'s shape, or a sequence of them (or None) per ridge, optional
+        Warm starts: one shared by every ridge, or one per ridge.
+
+    Returns
+    -------
+    list of CGResult
+        One per ridge, in the order of ``regs``; ``n_iter`` is the iteration at which the last
+        of that ridge's columns stopped, ``n_products`` the products of the whole block.
+
+    Raises
+    ------
+    NFMInputError
+        As :func:`conjugate_gradient_solve`, for any ridge or warm start; an empty ``regs``.
+    """
+    if isinstance(regs, (str, bytes)) or not isinstance(regs, Sequence) or len(regs) == 0:
+        raise NFMInputError(f"regs must be a non-empty sequence of numbers >= 0; got {regs!r}")
+    first = check_kernel_system(K, Y, regs[0])  # K and Y checked once
+    checked = (first, *(check_reg(reg) for reg in regs[1:]))
+    if initial is None or isinstance(initial, torch.Tensor):
+        initials = None if initial is None else [initial] * len(checked)
+    else:
+        initials = list(initial)
+        if len(initials) != len(checked):
+            raise NFMInputError(
+                f"initial must be a tensor or one per reg ({len(checked)}); got {len(initials)}"
+            )
+    return _solve_grid(K, Y, checked, initials, tol, max_iter, preconditioner_rank, generator)
+
+
+def _solve_grid(
+    K: torch.Tensor,
+    Y: torch.Tensor,
+    regs: tuple[float, ...],
+    initials: list[torch.Tensor | None] | None,
+    tol: float | None,
+    max_iter: int | None,
+    preconditioner_rank: int,
+    generator: torch.Generator | None,
+) -> list[CGResult]:
+    """Block CG on the ``len(regs) * c`` shifted columns (arguments already checked)."""
     n = K.shape[0]
     if tol is None:
         tol = 1e-4 if K.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-7
@@ -240,18 +329,26 @@ def conjugate_gradient_solve(
         generator = torch.Generator().manual_seed(0)
     _check_options(tol, max_iter, preconditioner_rank, generator)
     tol = float(tol)
-    Y2, squeeze = as_right_hand_sides(Y, K)
-    Y64 = Y.reshape(Y2.shape).to(device=K.device, dtype=torch.float64)
+    Y_one, squeeze = as_right_hand_sides(Y, K)
+    c, r = Y_one.shape[1], len(regs)
+    Y2 = Y_one.repeat(1, r)  # columns (j, k) at j * c + k
+    Y64 = Y.reshape(Y_one.shape).to(device=K.device, dtype=torch.float64).repeat(1, r)
+    shifts64 = torch.tensor(regs, dtype=torch.float64).repeat_interleave(c).to(K.device)
+    shifts = shifts64.to(K.dtype)
+    has_shift = any(reg != 0 for reg in regs)
     precond = (
-        NystromPreconditioner(K, reg, preconditioner_rank, generator)
+        NystromPreconditioner(K, shifts64.cpu(), preconditioner_rank, generator)
         if preconditioner_rank > 0 and n > 1
         else None
     )
-    product = _symmetric_product(K, Y2.shape[1])
+    product = _symmetric_product(K)
 
-    def apply_system(V: torch.Tensor) -> torch.Tensor:
+    def apply_system(V: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """``(K + diag(shift)) V``, for the listed ``columns`` of the block when given."""
         KV = product(V)
-        return KV.add(V, alpha=reg) if reg != 0 else KV
+        if not has_shift:
+            return KV
+        return KV.add_(V * (shifts if columns is None else shifts[columns]))
 
     y_norm = torch.linalg.vector_norm(Y64, dim=0).clamp(min=torch.finfo(torch.float64).tiny)
 
@@ -267,7 +364,7 @@ def conjugate_gradient_solve(
         is tiny, so its product in working precision is accurate enough.
         """
         nonlocal n_products
-        R64 = _true_residual(K, X64, Y64, reg, product)
+        R64 = _true_residual(K, X64, Y64, shifts64, product)
         n_products += 1
         iterate_rel = relative(R64)
         if K.dtype == torch.float64:
@@ -287,17 +384,21 @@ def conjugate_gradient_solve(
 
     # the iterate is accumulated in float64 (n x c: cheap); its rounding to K's dtype is the
     # returned coef. Rounding every float32 update instead would set a much higher floor.
-    if initial is None:
+    if initials is None:
         X64 = torch.zeros_like(Y64)
         R64 = Y64.clone()
-        returned_rel = relative(R64)
     else:
-        X64 = _initial_iterate(initial, Y, Y2).to(torch.float64)
-        R64 = _true_residual(K, X64, Y64, reg, product)  # X64 holds K.dtype values: exact
+        parts = [
+            torch.zeros_like(Y_one) if start is None else _initial_iterate(start, Y, Y_one)
+            for start in initials
+        ]
+        X64 = torch.cat(parts, dim=1).to(torch.float64)
+        R64 = _true_residual(K, X64, Y64, shifts64, product)  # X64 holds K.dtype values: exact
         n_products += 1
-        returned_rel = relative(R64)
+    returned_rel = relative(R64)
     R = R64.to(K.dtype)
     stopping = ColumnStopping(returned_rel, tol, K.dtype)
+    stopped_at = torch.zeros(Y2.shape[1], dtype=torch.long)
 
     best_X64 = X64.clone()  # per column, the verified iterate with the smallest residual
     best_rel = returned_rel.clone()
@@ -306,20 +407,28 @@ def conjugate_gradient_solve(
     P = Z.clone()
     rz = (R * Z).sum(dim=0)
     iterations = 0
+    paused = torch.zeros_like(stopping.converged)  # claimed convergence, verification deferred
     while iterations < max_iter and stopping.any_active():
-        KP = apply_system(P)
+        running = stopping.active & ~paused
+        live = running.to(P.device)
+        if bool(live.all()):
+            KP = apply_system(P)
+        else:  # stopped or paused columns take no step: multiply only the others
+            KP = torch.zeros_like(P)
+            KP[:, live] = apply_system(P[:, live].contiguous(), live)
         iterations += 1
         n_products += 1
+        stopped_at = torch.where(running, iterations, stopped_at)
         denom = (P * KP).sum(dim=0)
-        active = stopping.active.to(denom.device)
-        stopping.breakdown((active & ~(denom > 0)).cpu())
-        step = active & (denom > 0)
+        stopping.breakdown((live & ~(denom > 0)).cpu())
+        step = live & (denom > 0)
         alpha = torch.where(step, rz / denom.clamp(min=1e-300), 0.0)
         X64.add_((P * alpha).to(torch.float64))
         R.sub_(KP * alpha)
         recursive_rel = relative(R)
         keep_direction = stopping.active
-        request = stopping.residual_request(recursive_rel, iterations)
+        request = stopping.residual_request(recursive_rel, iterations, paused)
+        paused = paused | stopping.deferred
         if request == "resync" and K.dtype != torch.float64:
             R_work = working_residual(X64)
             if stopping.resync(relative(R_work), recursive_rel):
@@ -334,6 +443,7 @@ def conjugate_gradient_solve(
             columns = stopping.replace.to(R.device)
             R[:, columns] = R64[:, columns].to(K.dtype)  # residual replacement
             keep_direction = stopping.active & ~refuted
+            paused = torch.zeros_like(paused)  # every paused column was verified: resume
             improved = returned_rel < best_rel
             if bool(improved.any()):
                 columns = improved.to(X64.device)
@@ -342,38 +452,49 @@ def conjugate_gradient_solve(
         Z = precond.apply(R) if precond is not None else R
         rz_new = (R * Z).sum(dim=0)
         beta = torch.where(keep_direction.to(rz.device), rz_new / rz.clamp(min=1e-300), 0.0)
-        P = Z + P * beta
+        # a paused column keeps its direction (its residual, hence Z, did not change)
+        P = torch.where(paused.to(P.device), P, Z + P * beta)
         rz = rz_new
     X = X64.to(K.dtype)
     if stopping.verified_at == iterations:
         true_rel = stopping.returned_residual  # already the true residual of X
     else:
-        true_rel = relative(_true_residual(K, X, Y64, reg, product))
+        true_rel = relative(_true_residual(K, X, Y64, shifts64, product))
         n_products += 1
     better = best_rel < true_rel  # an earlier verified iterate beats the last one
     if bool(better.any()):
         columns = better.to(X.device)
         X[:, columns] = best_X64[:, columns].to(K.dtype)
         true_rel = torch.where(better, best_rel, true_rel)
-    rel_max = float(true_rel.max()) if true_rel.numel() else 0.0
-    converged = rel_max <= tol
-    is_stalled = bool((stopping.stalled & (true_rel > tol)).any())
-    if not converged:
-        why = f"stalled ({stopping.stall_reason})" if is_stalled else "reached max_iter"
-        warnings.warn(
-            f"conjugate gradient stopped after {iterations} iterations with true relative "
-            f"residual {rel_max:.3g} > tol {tol:g}: {why} (n={n}, reg={reg:g}, "
-            f"dtype={K.dtype}); increase max_iter or reg, loosen tol or use float64",
-            NumericalWarning,
-            stacklevel=2,
+    stalled = stopping.stalled & (true_rel > tol)
+    results = []
+    for j, reg in enumerate(regs):
+        cols = slice(j * c, (j + 1) * c)
+        column_rel = true_rel[cols]
+        rel_max = float(column_rel.max()) if column_rel.numel() else 0.0
+        converged = rel_max <= tol
+        is_stalled = bool(stalled[cols].any())
+        ran = int(stopped_at[cols].max()) if c else 0
+        if not converged:
+            why = f"stalled ({stopping.stall_reason})" if is_stalled else "reached max_iter"
+            warnings.warn(
+                f"conjugate gradient stopped after {ran} iterations with true relative "
+                f"residual {rel_max:.3g} > tol {tol:g}: {why} (n={n}, reg={reg:g}, "
+                f"dtype={K.dtype}); increase max_iter or reg, loosen tol or use float64",
+                NumericalWarning,
+                stacklevel=3,
+            )
+        coef = X[:, cols].contiguous()
+        results.append(
+            CGResult(
+                coef=coef[:, 0] if squeeze else coef,
+                n_iter=ran,
+                relative_residual=rel_max,
+                converged=converged,
+                column_residuals=column_rel.clone(),
+                stalled=is_stalled,
+                n_products=n_products,
+                diagonal_shift=reg,
+            )
         )
-    return CGResult(
-        coef=X[:, 0] if squeeze else X,
-        n_iter=iterations,
-        relative_residual=rel_max,
-        converged=converged,
-        column_residuals=true_rel,
-        stalled=is_stalled,
-        n_products=n_products,
-        diagonal_shift=reg,
-    )
+    return results

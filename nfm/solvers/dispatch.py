@@ -12,7 +12,7 @@ from nfm.solvers.cholesky import cholesky_solve
 __all__ = ["AUTO_CHOLESKY_MAX_N", "SOLVERS", "resolve_solver", "solve_kernel_system"]
 
 #: ``solver="auto"`` uses Cholesky up to this many training rows, conjugate gradient above.
-AUTO_CHOLESKY_MAX_N = 6000
+AUTO_CHOLESKY_MAX_N = 1000
 #: the accepted values of ``solver``.
 SOLVERS: tuple[str, ...] = ("auto", "cholesky", "cg")
 

@@ -34,14 +34,16 @@ class NystromPreconditioner:
     .. math:: P^{-1} = (\lambda_r + \mu)\, U (\Lambda + \mu I)^{-1} U^T + (I - U U^T),
 
     :math:`\mu = \max(\lambda, 10^{-7} \lambda_1)`: two ``n x rank`` products per
-    application. Built in float64 with three ``n x rank^2`` products.
+    application. Built in float64 with three ``n x rank^2`` products. With one shift per
+    column (a grid of ridges solved together), column ``j`` gets the preconditioner of its
+    :math:`\lambda_j`: the sample, ``U`` and :math:`\Lambda` are shared, only :math:`\mu` differs.
 
     Parameters
     ----------
     K : (n, n) tensor
         Symmetric positive semi-definite kernel matrix.
-    reg : float
-        :math:`\lambda \ge 0`.
+    reg : float or (c,) tensor
+        :math:`\lambda \ge 0`, or one per column of the blocks the preconditioner is applied to.
     rank : int
         Number of sampled columns (at most ``n`` are used).
     generator : torch.Generator
@@ -72,14 +74,19 @@ class NystromPreconditioner:
         U = B @ (vecs / lam.sqrt())
         lam = (lam - shift).clamp(min=0)
         lam_max = float(lam.max()) if lam.numel() else 0.0
-        mu = max(reg, lam_max * 1e-7, 1e-300)
+        floor = max(lam_max * 1e-7, 1e-300)
+        if isinstance(reg, torch.Tensor):  # one shift per column: scale is (c, rank)
+            mu = reg.detach().to("cpu", torch.float64).clamp(min=floor)[:, None]
+        else:
+            mu = torch.tensor(max(float(reg), floor), dtype=torch.float64)
         self.U = U.to(K.dtype)
         self.U_rows = self.U.T.contiguous()  # (rank, n): the fast layout of the second product
         smallest = float(lam.min()) if lam.numel() else 0.0
-        self.scale = ((smallest + mu) / (lam + mu) - 1.0).to(K.dtype)
+        self.scale = ((smallest + mu) / (lam.cpu() + mu) - 1.0).to(K.device, K.dtype)
 
     def apply(self, R: torch.Tensor) -> torch.Tensor:
-        r""":math:`P^{-1} R = R + U\, \mathrm{diag}(\text{scale})\, U^T R` for ``(n, c)`` ``R``."""
+        r""":math:`P^{-1} R = R + U\, \mathrm{diag}(\text{scale})\, U^T R` for ``(n, c)`` ``R``
+        (``scale`` per column when the preconditioner was built with one shift per column)."""
         # products with few columns are written as (few x n) @ (n x rank) and
         # (few x rank) @ (rank x n) with row-major operands: much faster on CPU
         proj = torch.mm(R.T, self.U).mul_(self.scale)

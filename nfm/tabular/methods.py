@@ -5,8 +5,11 @@ configurations per task (the first is the method's usual default; the runner tak
 ``budget`` of them, the same number for every method), and a ``build`` function returning an
 object with ``fit(X, y, X_val, y_val)`` and ``predict(X)``. ``X`` is the preprocessed float64
 matrix; ``y`` holds class indices 0..k-1 (classification) or the standardised target
-(regression); ``predict`` returns the same kind. Only xrfm uses ``X_val, y_val`` inside ``fit``
-(its API requires a validation set; it gets the same validation part used for tuning).
+(regression); ``predict`` returns the same kind. xrfm (its API requires a validation set), the
+early-stopped boosters (``*-es``) and pytabkit's networks use ``X_val, y_val`` inside ``fit``:
+it is the same validation part the runner tunes on. ``fit(X, y, None, None)`` is a refit on all
+training rows; ``refit_overrides()`` returns what a fit chose on the validation part that the
+refit must reuse (boosting rounds, xrfm's iteration count).
 
 Thread counts: each fit runs with ``threads`` threads for BLAS (threadpoolctl), torch and the
 library's own ``n_jobs``-style option, the same number for every method.
@@ -62,12 +65,18 @@ class _Adapter:
         self.estimator = estimator
         self.uses_validation = uses_validation
 
-    def fit(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> _Adapter:
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None
+    ) -> _Adapter:
         if self.uses_validation:
             self.estimator.fit(X, y, X_val, y_val)
         else:
             self.estimator.fit(X, y)
         return self
+
+    def refit_overrides(self) -> Config:
+        """What the fit chose on the validation part that a refit must reuse (none here)."""
+        return {}
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(self.estimator.predict(X)).reshape(len(X), -1)[:, 0]
@@ -120,10 +129,19 @@ class _XRFMAdapter:
         self.threads = threads
 
     def fit(self, X, y, X_val, y_val) -> _XRFMAdapter:
+        """Fit; with ``X_val=None`` (a refit), run exactly ``params["iters"]`` iterations.
+
+        A refit has no validation part: the validation arguments xrfm's API requires are the
+        training rows themselves, and ``return_best_params=False`` makes xrfm keep the model
+        after the last of the ``iters`` iterations (no selection on them).
+        """
         import torch
         from xrfm import xRFM
 
         p = self.params
+        refit = X_val is None
+        if refit:
+            X_val, y_val = X, y
         rfm_params = {
             "model": {
                 "kernel": p.get("kernel", "l2"),
@@ -135,8 +153,8 @@ class _XRFMAdapter:
             "fit": {
                 "reg": p.get("reg", 1e-3),
                 "iters": p.get("iters", 5),
-                "return_best_params": True,
-                "get_agop_best_model": True,
+                "return_best_params": not refit,
+                "get_agop_best_model": not refit,
                 "early_stop_rfm": False,
             },
         }
@@ -158,6 +176,18 @@ class _XRFMAdapter:
             np.asarray(X, dtype=np.float32), y_t, np.asarray(X_val, dtype=np.float32), y_val_t
         )
         return self
+
+    def refit_overrides(self) -> Config:
+        """The iteration xrfm kept on the validation part: a refit runs that many iterations.
+
+        xrfm's ``best_iter`` k is the model fitted after k metric updates (0 = the plain
+        kernel), which ``iters=k`` without selection reproduces.
+        """
+        trees = getattr(self.model_, "trees", None) or []
+        if len(trees) != 1 or trees[0].get("type") != "leaf":
+            return {}
+        best = getattr(trees[0]["model"], "best_iter", None)
+        return {} if best is None else {"iters": int(best)}
 
     def predict(self, X) -> np.ndarray:
         out = self.model_.predict(np.asarray(X, dtype=np.float32))
@@ -185,6 +215,10 @@ class Method:
     tuned : bool
         False for a fixed configuration (only the first config is used whatever the budget).
     description : str
+    internal_selection : bool
+        True for a method whose ``fit(X_fit, y_fit, X_val, y_val)`` makes its own choices on the
+        validation part and refits itself where it can (pytabkit's RealMLP, TabM): under the
+        ``refit`` protocol the runner does not refit it again.
     """
 
     name: str
@@ -194,15 +228,18 @@ class Method:
     tuned: bool = True
     description: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
+    internal_selection: bool = False
 
 
 # ---------------------------------------------------------------------- nfm's RFM
 
 
 def _rfm_configs(task: Task) -> list[Config]:
-    from nfm.rfm.search import default_search_space
+    # the pre-registered copy of the built-in space (nfm.tabular.registration), so a later
+    # change of nfm.rfm.search.default_search_space() cannot change what a run means
+    from nfm.tabular.registration import rfm_search_space
 
-    return default_search_space(task)
+    return rfm_search_space()
 
 
 def _rfm_default_configs(task: Task) -> list[Config]:
@@ -428,6 +465,200 @@ def _build_mlp(task: Task, config: Config, seed: int, threads: int) -> Any:
     )
 
 
+# ------------------------------------------------ peers with early stopping / own selection
+
+MAX_ROUNDS = 1000
+"""Upper bound on boosting rounds for the early-stopped boosters."""
+EARLY_STOPPING_ROUNDS = 50
+"""Rounds without improvement of the validation loss after which boosting stops."""
+
+
+class _EarlyStoppedBooster:
+    """A gradient-boosting model stopped early on the validation part, refittable.
+
+    ``fit(X, y, X_val, y_val)`` boosts up to :data:`MAX_ROUNDS` rounds and stops after
+    :data:`EARLY_STOPPING_ROUNDS` rounds without improvement of the library's default
+    validation loss (log-loss / squared error), keeping the best round; ``refit_overrides()``
+    returns that number of rounds, and ``fit(X_all, y_all, None, None)`` boosts exactly
+    ``rounds`` rounds without validation (the refit on all training rows).
+    """
+
+    def __init__(self, library: str, task: Task, config: Config, seed: int, threads: int) -> None:
+        self.library = library
+        self.task = task
+        self.config = dict(config)
+        self.seed = seed
+        self.threads = threads
+
+    def _estimator(self, rounds: int) -> Any:
+        params = {k: v for k, v in self.config.items() if k != "rounds"}
+        classify = self.task == "classification"
+        if self.library == "xgboost":
+            import xgboost
+
+            cls = xgboost.XGBClassifier if classify else xgboost.XGBRegressor
+            return cls(
+                n_estimators=rounds,
+                tree_method="hist",
+                n_jobs=self.threads,
+                random_state=self.seed,
+                **params,
+            )
+        if self.library == "lightgbm":
+            import lightgbm
+
+            cls = lightgbm.LGBMClassifier if classify else lightgbm.LGBMRegressor
+            return cls(
+                n_estimators=rounds,
+                n_jobs=self.threads,
+                random_state=self.seed,
+                verbose=-1,
+                **params,
+            )
+        import catboost
+
+        cls = catboost.CatBoostClassifier if classify else catboost.CatBoostRegressor
+        return cls(
+            iterations=rounds,
+            thread_count=self.threads,
+            random_seed=self.seed,
+            verbose=False,
+            allow_writing_files=False,
+            **params,
+        )
+
+    def fit(self, X, y, X_val, y_val) -> _EarlyStoppedBooster:
+        if X_val is None:  # refit: a fixed number of rounds, no validation
+            self.model_ = self._estimator(int(self.config.get("rounds", MAX_ROUNDS)))
+            self.model_.fit(X, y)
+            self.rounds_ = int(self.config.get("rounds", MAX_ROUNDS))
+            return self
+        model = self._estimator(MAX_ROUNDS)
+        if self.library == "xgboost":
+            model.set_params(early_stopping_rounds=EARLY_STOPPING_ROUNDS)
+            model.fit(X, y, eval_set=[(X_val, y_val)], verbose=False)
+            self.rounds_ = int(model.best_iteration) + 1
+        elif self.library == "lightgbm":
+            import lightgbm
+
+            stop = lightgbm.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)
+            model.fit(X, y, eval_set=[(X_val, y_val)], callbacks=[stop])
+            self.rounds_ = max(int(model.best_iteration_ or MAX_ROUNDS), 1)
+        else:
+            model.fit(
+                X,
+                y,
+                eval_set=(X_val, y_val),
+                early_stopping_rounds=EARLY_STOPPING_ROUNDS,
+                use_best_model=True,
+            )
+            self.rounds_ = int(model.get_best_iteration()) + 1
+        self.model_ = model
+        return self
+
+    def refit_overrides(self) -> Config:
+        return {"rounds": self.rounds_}
+
+    def predict(self, X) -> np.ndarray:
+        return np.asarray(self.model_.predict(X)).reshape(len(X), -1)[:, 0]
+
+
+def _xgb_es_configs(task: Task) -> list[Config]:
+    return [
+        {"max_depth": 6, "learning_rate": 0.05},
+        {"max_depth": 3, "learning_rate": 0.05},
+        {"max_depth": 6, "learning_rate": 0.05, "subsample": 0.8, "colsample_bytree": 0.8},
+        {"max_depth": 10, "learning_rate": 0.05, "min_child_weight": 3},
+    ]
+
+
+def _lgbm_es_configs(task: Task) -> list[Config]:
+    return [
+        {"num_leaves": 31, "learning_rate": 0.05},
+        {"num_leaves": 15, "learning_rate": 0.05},
+        {"num_leaves": 63, "learning_rate": 0.05, "subsample": 0.8, "subsample_freq": 1},
+        {"num_leaves": 7, "learning_rate": 0.05, "min_child_samples": 5},
+    ]
+
+
+def _catboost_es_configs(task: Task) -> list[Config]:
+    return [
+        {"depth": 6, "learning_rate": 0.08},
+        {"depth": 4, "learning_rate": 0.08},
+        {"depth": 8, "learning_rate": 0.08},
+        {"depth": 6, "learning_rate": 0.08, "l2_leaf_reg": 10.0},
+    ]
+
+
+def _booster_builder(library: str) -> Callable[[Task, Config, int, int], Any]:
+    def build(task: Task, config: Config, seed: int, threads: int) -> Any:
+        return _EarlyStoppedBooster(library, task, config, seed, threads)
+
+    return build
+
+
+class _PytabkitAdapter:
+    """pytabkit's RealMLP-TD / TabM-D (tuned defaults) given the benchmark's validation part.
+
+    ``fit(X_fit, y_fit, X_val, y_val)`` passes the validation part as pytabkit's own validation
+    set (``X_val, y_val``): the network's best epoch is chosen on it. RealMLP is then refitted on
+    fit + validation rows for that many epochs (``n_refit=1``, pytabkit's refit); pytabkit has
+    no refit for TabM, whose model stays the one trained on the fit part. Inputs are the
+    benchmark's preprocessed float matrix (all columns numeric; pytabkit adds its own
+    transforms on top), on the CPU, training from scratch (no download).
+    """
+
+    def __init__(self, name: str, task: Task, config: Config, seed: int, threads: int) -> None:
+        self.name = name
+        self.task = task
+        self.config = dict(config)
+        self.seed = seed
+        self.threads = threads
+
+    def fit(self, X, y, X_val, y_val) -> _PytabkitAdapter:
+        import pytabkit
+
+        classify = self.task == "classification"
+        if self.name == "realmlp":
+            cls = pytabkit.RealMLP_TD_Classifier if classify else pytabkit.RealMLP_TD_Regressor
+            extra = {"n_refit": 1 if X_val is not None else 0}
+        else:
+            cls = pytabkit.TabM_D_Classifier if classify else pytabkit.TabM_D_Regressor
+            extra = {}
+        self.model_ = cls(
+            device="cpu",
+            random_state=self.seed,
+            n_threads=self.threads,
+            verbosity=0,
+            **extra,
+            **self.config,
+        )
+        X = np.asarray(X, dtype=np.float32)
+        if X_val is None:
+            self.model_.fit(X, y)
+        else:
+            self.model_.fit(X, y, np.asarray(X_val, dtype=np.float32), y_val)
+        return self
+
+    def refit_overrides(self) -> Config:
+        return {}
+
+    def predict(self, X) -> np.ndarray:
+        out = np.asarray(self.model_.predict(np.asarray(X, dtype=np.float32)))
+        return out.reshape(len(X), -1)[:, 0]
+
+
+def _pytabkit_configs(task: Task) -> list[Config]:
+    return [{}]
+
+
+def _pytabkit_builder(name: str) -> Callable[[Task, Config, int, int], Any]:
+    def build(task: Task, config: Config, seed: int, threads: int) -> Any:
+        return _PytabkitAdapter(name, task, config, seed, threads)
+
+    return build
+
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
@@ -465,12 +696,73 @@ METHODS: dict[str, Method] = {
         Method("svm-rbf", "sklearn", _svm_configs, _build_svm, True, "sklearn SVC/SVR, RBF"),
         Method("laplace-krr", "scipy", _krr_configs, _build_krr, True, "Laplace kernel ridge"),
         Method("mlp", "sklearn", _mlp_configs, _build_mlp, True, "sklearn MLP, early stopping"),
+        Method(
+            "xgboost-es",
+            "xgboost",
+            _xgb_es_configs,
+            _booster_builder("xgboost"),
+            True,
+            "XGBoost, early stopping on the validation part",
+        ),
+        Method(
+            "lightgbm-es",
+            "lightgbm",
+            _lgbm_es_configs,
+            _booster_builder("lightgbm"),
+            True,
+            "LightGBM, early stopping on the validation part",
+        ),
+        Method(
+            "catboost-es",
+            "catboost",
+            _catboost_es_configs,
+            _booster_builder("catboost"),
+            True,
+            "CatBoost, early stopping on the validation part",
+        ),
+        Method(
+            "realmlp",
+            "pytabkit",
+            _pytabkit_configs,
+            _pytabkit_builder("realmlp"),
+            False,
+            "pytabkit RealMLP-TD, best epoch on the validation part, refit on all rows",
+            internal_selection=True,
+        ),
+        Method(
+            "tabm",
+            "pytabkit",
+            _pytabkit_configs,
+            _pytabkit_builder("tabm"),
+            False,
+            "pytabkit TabM-D, best epoch on the validation part (no refit in pytabkit)",
+            internal_selection=True,
+        ),
     ]
 }
 
+# The methods of the held-out run (``--protocol refit``), fixed with the registration.
+HELDOUT_METHODS: tuple[str, ...] = (
+    "rfm",
+    "rfm-default",
+    "xrfm",
+    "catboost-es",
+    "xgboost-es",
+    "lightgbm-es",
+    "realmlp",
+    "tabm",
+    "random-forest",
+    "svm-rbf",
+    "laplace-krr",
+)
+
 QUICK_METHODS: tuple[str, ...] = ("rfm", "rfm-default", "svm-rbf", "random-forest")
-# what runs when no method is named: everything except the defaults study
-DEFAULT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "rfm-defaults-study")
+# what runs when no method is named: the committed suite's methods (not the defaults study,
+# not the methods added for the held-out run)
+_ADDED_FOR_HELDOUT = ("xgboost-es", "lightgbm-es", "catboost-es", "realmlp", "tabm")
+DEFAULT_METHODS: tuple[str, ...] = tuple(
+    m for m in METHODS if m != "rfm-defaults-study" and m not in _ADDED_FOR_HELDOUT
+)
 
 
 def _installed(package: str) -> bool:

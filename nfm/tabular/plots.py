@@ -1,7 +1,8 @@
-"""Figures of the tabular benchmark: mean rank per method, and score versus time.
+"""Figures of the tabular benchmark: mean ranks, score versus time, critical difference.
 
-Both functions take a results table (``results.csv`` as a DataFrame), draw one panel per task
-present, and return the Figure; they never call ``show()`` or change the backend.
+The rank and score figures take a results table (``results.csv`` as a DataFrame) and draw one
+panel per task present; the critical-difference diagram takes mean ranks and the CD. All return
+a ``matplotlib.figure.Figure`` and never call ``show()`` or change the backend.
 """
 
 from __future__ import annotations
@@ -91,4 +92,66 @@ def plot_score_vs_time(
         if len(finite):
             pad = 0.1 * max(float(finite.max() - finite.min()), 1e-3)
             ax.set_ylim(float(finite.min()) - pad, float(finite.max()) + pad)
+    return fig
+
+
+def plot_critical_difference(
+    mean_ranks: dict[str, float],
+    cd: float,
+    *,
+    n_datasets: int,
+    title: str = "",
+    fig: Figure | None = None,
+) -> Figure:
+    """Critical-difference diagram: methods on a rank axis, CD bar, non-significant groups.
+
+    Methods are placed at their mean rank on an axis from 1 (best, left) to k; the better half
+    is labelled on the left, the rest on the right. A bar of length ``cd`` shows the Nemenyi
+    critical difference, and each thick horizontal line joins a maximal group of methods whose
+    mean ranks differ by less than ``cd`` (:func:`nfm.tabular.stats.cd_cliques`).
+    """
+    from nfm.tabular.stats import cd_cliques
+
+    names = sorted(mean_ranks, key=lambda m: (mean_ranks[m], m))
+    values = [mean_ranks[m] for m in names]
+    k = len(names)
+    if fig is None:
+        from matplotlib.figure import Figure as MplFigure
+
+        fig = MplFigure(figsize=(7.5, 1.6 + 0.32 * k), layout="constrained")
+    ax = fig.subplots()
+    margin = 0.3 * k + 1.0  # room for the labels on both sides
+    ax.set_xlim(0.5 - margin, k + 0.5 + margin)
+    half = (k + 1) // 2
+    top = 0.0
+    ax.hlines(top, 1, k, color="black", linewidth=1)
+    for tick in range(1, k + 1):
+        ax.vlines(tick, top, top + 0.12, color="black", linewidth=1)
+        ax.text(tick, top + 0.18, str(tick), ha="center", va="bottom", fontsize=8)
+    for i, (name, value) in enumerate(zip(names, values, strict=True)):
+        left = i < half
+        row = (i if left else k - 1 - i) + 1
+        y = top - 0.35 * row - 0.3
+        x_text = 0.6 if left else k + 0.4
+        color = _HIGHLIGHT.get(name, "black")
+        ax.plot([value, value, x_text], [top, y, y], color=color, linewidth=0.9)
+        ax.text(
+            x_text - 0.05 if left else x_text + 0.05,
+            y,
+            f"{name} ({value:.2f})",
+            ha="right" if left else "left",
+            va="center",
+            fontsize=8,
+            color=color,
+        )
+    groups = cd_cliques(values, cd)
+    for j, group in enumerate(groups):
+        lo, hi = min(values[g] for g in group), max(values[g] for g in group)
+        y = top - 0.12 - 0.1 * j
+        ax.hlines(y, lo - 0.03, hi + 0.03, color="gray", linewidth=3)
+    ax.hlines(top + 0.55, 1, 1 + cd, color="black", linewidth=1.5)
+    ax.text(1 + cd / 2, top + 0.6, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylim(top - 0.35 * (half + 1) - 0.4, top + 0.9)
+    ax.set_axis_off()
+    ax.set_title(title or f"Nemenyi critical difference, {n_datasets} datasets", fontsize=9)
     return fig

@@ -59,6 +59,9 @@ RESULT_COLUMNS = [
     "tune_seconds",
     "threads",
     "error",
+    "protocol",
+    "refit_seconds",
+    "total_seconds",
 ]
 TUNING_COLUMNS = [
     "dataset",
@@ -90,6 +93,8 @@ class BenchmarkConfig:
     jobs: int = 1
     cache_dir: str | None = None
     time_limit: float | None = None
+    protocol: str = "validation"
+    unit_order: str = "dataset"
 
 
 def machine_info() -> dict[str, Any]:
@@ -100,12 +105,14 @@ def machine_info() -> dict[str, Any]:
     """
     sources = {}
     root = Path(__file__).resolve().parent.parent
-    for package in ("rfm", "solvers", "kernels"):
+    for package in ("rfm", "solvers", "kernels", "tabular"):
         digest = hashlib.sha256()
         for path in sorted((root / package).glob("*.py")):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
         sources[f"nfm/{package}"] = digest.hexdigest()[:16]
-    info = shared_machine_info(packages=["sklearn", "xrfm", "xgboost", "lightgbm", "catboost"])
+    info = shared_machine_info(
+        packages=["sklearn", "xrfm", "xgboost", "lightgbm", "catboost", "pytabkit"]
+    )
     return {"nfm_sources_sha256": sources, **info}
 
 
@@ -120,6 +127,72 @@ def _predict(model: Any, X: np.ndarray, threads: int) -> tuple[np.ndarray, float
     return out, meter.seconds
 
 
+PROTOCOLS = ("validation", "refit")
+"""``validation``: the configuration kept on the validation part predicts the test part as it
+was fitted (on the fit part). ``refit``: it is refitted on all training rows (fit + validation)
+with what it chose there (configuration, boosting rounds, xrfm's iteration), the same for every
+method; methods with their own selection (``internal_selection``) get the fit and validation
+parts once and do it themselves; fixed single configurations fit on all training rows at once.
+"""
+
+
+def _score_test(task: str, data: pr.PreparedSplit, test_pred: np.ndarray) -> dict[str, float]:
+    if task == "classification":
+        return {"accuracy": pr.accuracy(data.y_test, test_pred)}
+    y_true = data.raw_targets("test")
+    y_hat = data.to_target_scale(test_pred)
+    return {"rmse": pr.rmse(y_true, y_hat), "r2": pr.r2(y_true, y_hat)}
+
+
+def _run_single_fit(
+    method: mt.Method, data: pr.PreparedSplit, *, seed: int, threads: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Refit protocol for a method with one configuration: one fit, no runner selection.
+
+    A method with ``internal_selection`` gets the fit and validation parts separately (its own
+    early stopping / refit); any other fits on all training rows (fit + validation) at once.
+    """
+    task = data.task
+    config = mt.method_configs(method, task, 1)[0]
+    result: dict[str, Any] = {
+        "method": method.name,
+        "n_configs": 1,
+        "threads": threads,
+        "protocol": "refit",
+        "config_index": 0,
+        "config": json.dumps(json_ready(config), allow_nan=False),
+        "error": "",
+    }
+    start = time.perf_counter()
+    try:
+        model = method.build(task, config, seed, threads)
+        with mt.thread_limit(threads), pr.measure() as meter:
+            if method.internal_selection:
+                model.fit(data.X_fit, data.y_fit, data.X_val, data.y_val)
+            else:
+                X_all = np.concatenate([data.X_fit, data.X_val])
+                y_all = np.concatenate([data.y_fit, data.y_val])
+                model.fit(X_all, y_all, None, None)
+        test_pred, predict_seconds = _predict(model, data.X_test, threads)
+    except Exception as error:  # a failing method must not stop the benchmark
+        logger.warning("%s failed: %s", method.name, error)
+        result.update(status="failed", error=f"{type(error).__name__}: {error}"[:500])
+        return result, []
+    result.update(
+        status="ok",
+        val_score=float("nan"),
+        fit_seconds=meter.seconds,
+        predict_seconds=predict_seconds,
+        time_seconds=meter.seconds + predict_seconds,
+        peak_mib=meter.peak_mib,
+        tune_seconds=0.0,
+        refit_seconds=0.0,
+        total_seconds=time.perf_counter() - start,
+        **_score_test(task, data, test_pred),
+    )
+    return result, []
+
+
 def run_method(
     method: mt.Method,
     data: pr.PreparedSplit,
@@ -127,15 +200,22 @@ def run_method(
     seed: int,
     budget: int,
     threads: int,
+    protocol: str = "validation",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Tune one method on one prepared split; return its result row and its tuning rows.
 
     Each configuration is fitted on the fit part (timed, peak memory measured) and scored on
     the validation part; the best one (ties: the earlier, i.e. the more default configuration)
-    predicts the test part.
+    predicts the test part (``protocol="validation"``), or is first refitted on fit +
+    validation rows with what it chose (``protocol="refit"``, see :data:`PROTOCOLS`).
+    ``total_seconds`` is the wall time of everything the method did (all fits and predicts).
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
     task = data.task
     configs = mt.method_configs(method, task, budget)
+    if protocol == "refit" and len(configs) == 1:
+        return _run_single_fit(method, data, seed=seed, threads=threads)
     tuning_rows: list[dict[str, Any]] = []
     best: tuple[float, int, Any, pr.Measurement] | None = None
     errors = []
@@ -177,33 +257,43 @@ def run_method(
         "tune_seconds": tune_seconds,
         "threads": threads,
         "error": "; ".join(errors)[:500],
+        "protocol": protocol,
     }
     if best is None:
         result.update(status="failed")
         return result, tuning_rows
     score, index, model, meter = best
+    kept = dict(configs[index])
+    refit_seconds = 0.0
     try:
+        if protocol == "refit" and not method.internal_selection:
+            overrides = model.refit_overrides() if hasattr(model, "refit_overrides") else {}
+            kept = {**kept, **overrides}
+            model = method.build(task, kept, seed, threads)
+            X_all = np.concatenate([data.X_fit, data.X_val])
+            y_all = np.concatenate([data.y_fit, data.y_val])
+            with mt.thread_limit(threads), pr.measure() as meter:
+                model.fit(X_all, y_all, None, None)
+            refit_seconds = meter.seconds
         test_pred, predict_seconds = _predict(model, data.X_test, threads)
     except Exception as error:
-        result.update(status="failed", error=f"predict: {type(error).__name__}: {error}"[:500])
+        result.update(
+            status="failed", error=f"refit/predict: {type(error).__name__}: {error}"[:500]
+        )
         return result, tuning_rows
     result.update(
         status="ok",
         config_index=index,
-        config=json.dumps(json_ready(configs[index]), allow_nan=False),
+        config=json.dumps(json_ready(kept), allow_nan=False),
         val_score=score,
         fit_seconds=meter.seconds,
         predict_seconds=predict_seconds,
         time_seconds=meter.seconds + predict_seconds,
         peak_mib=meter.peak_mib,
+        refit_seconds=refit_seconds,
+        total_seconds=time.perf_counter() - tune_start,
+        **_score_test(task, data, test_pred),
     )
-    if task == "classification":
-        result["accuracy"] = pr.accuracy(data.y_test, test_pred)
-    else:
-        y_true = data.raw_targets("test")
-        y_hat = data.to_target_scale(test_pred)
-        result["rmse"] = pr.rmse(y_true, y_hat)
-        result["r2"] = pr.r2(y_true, y_hat)
     return result, tuning_rows
 
 
@@ -239,7 +329,12 @@ def run_unit(
     for method in mt.available_methods(method_names):
         logger.info("%s seed %d: %s", dataset_name, seed, method.name)
         row, rows = run_method(
-            method, data, seed=seed, budget=config.budget, threads=config.threads
+            method,
+            data,
+            seed=seed,
+            budget=config.budget,
+            threads=config.threads,
+            protocol=config.protocol,
         )
         results.append({**common, **row})
         tuning.extend({**{k: common[k] for k in ("dataset", "task", "seed")}, **r} for r in rows)
@@ -299,6 +394,9 @@ def run_benchmark(config: BenchmarkConfig, output_dir: str | Path) -> Path:
         for method in methods
         if (name, seed, method) not in done
     ]
+    if config.unit_order == "seed":  # every dataset on the first seed, then the next seed
+        position = {seed: i for i, seed in enumerate(config.seeds)}
+        units.sort(key=lambda unit: position[unit[1]])  # stable: dataset order kept per seed
     logger.info("%d units to run (%d already done)", len(units), len(done))
     deadline = None if config.time_limit is None else time.monotonic() + config.time_limit
 

@@ -303,3 +303,136 @@ def summary_markdown(
             "",
         ]
     return "\n".join(parts)
+
+
+# ------------------------------------------------------------- ranks with uncertainty
+
+
+def rank_table(
+    results: pd.DataFrame,
+    task: str,
+    methods: Sequence[str],
+    *,
+    n_boot: int = 10_000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """Mean ranks with bootstrap intervals, Friedman test and Nemenyi CD for one task.
+
+    Uses the (dataset, seed) pairs where every method in ``methods`` finished
+    (:func:`complete_table`), scores averaged over seeds per dataset, ranks per dataset
+    (:func:`nfm.tabular.stats.rank_matrix`). Returns a dict with ``table`` (one row per method,
+    sorted by mean rank: mean score, mean rank, its ``rank_low``/``rank_high`` bootstrap bounds,
+    wins, geometric-mean total seconds), ``friedman``, ``cd``, ``cliques`` (method names),
+    ``n_datasets``, ``seeds`` and ``datasets`` (the names).
+    """
+    import pandas as pd
+
+    from nfm.tabular import stats
+
+    table = complete_table(results, task, methods)
+    if table.empty or len(methods) < 2:
+        return {"table": pd.DataFrame(), "n_datasets": 0}
+    metric, higher = _primary(task)
+    scores = dataset_scores(table, task)[list(methods)]
+    ranks = stats.rank_matrix(scores.to_numpy(), higher_is_better=higher)
+    intervals = stats.bootstrap_mean_ranks(ranks, n_boot=n_boot, seed=seed, level=1 - alpha)
+    best = ranks.min(axis=1, keepdims=True)
+    # total = every fit of the selection + refit + predict (refit runs); else fit + predict
+    has_total = "total_seconds" in table and table["total_seconds"].notna().all()
+    time_column = "total_seconds" if has_total else "time_seconds"
+    times = table.groupby("method")[time_column].agg(geometric_mean)
+    # regression: mean R^2 only (a mean RMSE over datasets would mix the targets' scales)
+    frame = pd.DataFrame(
+        {
+            "method": list(methods),
+            f"mean_{metric}": scores.mean().to_numpy(),
+            "mean_rank": [i.mean for i in intervals],
+            "rank_low": [i.low for i in intervals],
+            "rank_high": [i.high for i in intervals],
+            "wins": (ranks == best).sum(axis=0),
+            "gmean_total_s" if has_total else "gmean_time_s": times.reindex(
+                list(methods)
+            ).to_numpy(),
+        }
+    )
+    if task == "regression":
+        r2 = table.pivot_table(index="dataset", columns="method", values="r2", aggfunc="mean")
+        frame.insert(1, "mean_r2", r2[list(methods)].mean().to_numpy())
+        frame = frame.drop(columns=f"mean_{metric}")
+    frame = frame.sort_values("mean_rank", kind="stable").reset_index(drop=True)
+    n = ranks.shape[0]
+    cd = stats.nemenyi_cd(len(methods), n, alpha)
+    cliques = stats.cd_cliques([i.mean for i in intervals], cd)
+    out: dict[str, Any] = {
+        "table": frame,
+        "friedman": stats.friedman_test(ranks) if n > 1 else None,
+        "cd": cd,
+        "cliques": [[methods[i] for i in group] for group in cliques],
+        "n_datasets": n,
+        "seeds": sorted(int(s) for s in table["seed"].unique()),
+        "datasets": list(scores.index),
+        "mean_ranks": {m: i.mean for m, i in zip(methods, intervals, strict=True)},
+    }
+    if "rfm" in methods:
+        j = list(methods).index("rfm")
+        # the best peer: the best method that is not one of nfm's RFM variants
+        peers = [
+            (m, i.mean) for m, i in zip(methods, intervals, strict=True) if not m.startswith("rfm")
+        ]
+        if not peers:
+            return out
+        rival = min(peers, key=lambda pair: pair[1])[0]
+        diff = stats.bootstrap_difference(
+            ranks, j, list(methods).index(rival), n_boot=n_boot, seed=seed, level=1 - alpha
+        )
+        out["rfm_vs_best_other"] = {"other": rival, "diff": diff}
+    return out
+
+
+def rank_section(report: dict[str, Any], title: str) -> str:
+    """Markdown for one :func:`rank_table` result: table, Friedman, CD, groups, rfm's margin."""
+    if not report.get("n_datasets"):
+        return f"### {title}\n\nno dataset where every method finished\n"
+    lines = [
+        f"### {title}",
+        "",
+        f"{report['n_datasets']} datasets, seeds {report['seeds']} (scores averaged over the "
+        "seeds a dataset finished on every method). Rank interval: 95% percentile bootstrap "
+        "over datasets (10,000 resamples, seed 0)."
+        + (
+            " **Fewer than 5 datasets: the intervals and tests mean little.**"
+            if report["n_datasets"] < 5
+            else ""
+        ),
+        "",
+        markdown_table(report["table"]),
+        "",
+    ]
+    fr = report.get("friedman")
+    if fr is not None:
+        lines.append(
+            f"- Friedman: chi2 = {fr.chi2:.2f} (p = {fr.p_chi2:.3g}); Iman-Davenport F = "
+            f"{fr.f_stat:.2f} (p = {fr.p_f:.3g}); k = {fr.n_methods}, N = {fr.n_datasets}"
+        )
+    lines.append(
+        f"- Nemenyi critical difference (alpha = 0.05): CD = {report['cd']:.2f}; groups whose "
+        "mean ranks differ by less than CD: "
+        + ("; ".join("{" + ", ".join(g) + "}" for g in report["cliques"]) or "none")
+    )
+    vs = report.get("rfm_vs_best_other")
+    if vs is not None:
+        d = vs["diff"]
+        verdict = (
+            "rfm ranks better (interval below 0)"
+            if d.high < 0
+            else "rfm ranks worse (interval above 0)"
+            if d.low > 0
+            else "the interval contains 0: no established difference"
+        )
+        lines.append(
+            f"- rfm minus the best peer ({vs['other']}; best non-nfm method), mean rank "
+            "difference: "
+            f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}]; {verdict}"
+        )
+    return "\n".join(lines) + "\n"
