@@ -52,6 +52,7 @@ from torch.nn.modules.conv import _ConvNd
 from tqdm.auto import tqdm
 
 from nfm._utils.arrays import to_tensor
+from nfm.ansatz.table import RowTable
 from nfm.exceptions import LayerSelectionError, NFMInputError
 from nfm.linalg import CorrelationKind, matrix_correlation
 from nfm.models.adapters.huggingface import HFConv1DAdapter
@@ -556,7 +557,7 @@ def fact_column(kind: str, exclude_diagonal: bool) -> str:
 
 
 @dataclass
-class FACTReport:
+class FACTReport(RowTable):
     r"""Per-layer agreement of :math:`W^T W` with the FACT matrix.
 
     Each row has ``layer``, ``d``, one ``fact_<kind>[_offdiag]`` correlation per (kind, diagonal)
@@ -586,22 +587,6 @@ class FACTReport:
     columns: list[str] = field(default_factory=list)
     headline_column: str = "fact_pearson"
     null: FACTReport | None = None
-
-    def to_frame(self) -> Any:
-        """The rows as a pandas DataFrame (or the list of dicts when pandas is missing)."""
-        try:
-            import pandas as pd
-        except ImportError:  # pragma: no cover - pandas is optional
-            return self.rows
-        return pd.DataFrame(self.rows, columns=self.columns or None)
-
-    def __str__(self) -> str:
-        cols = self.columns or (list(self.rows[0]) if self.rows else [])
-        lines = ["  ".join(cols)]
-        for row in self.rows:
-            cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in (row[c] for c in cols)]
-            lines.append("  ".join(cells))
-        return "\n".join(lines)
 
 
 def _frobenius(t: torch.Tensor) -> float:

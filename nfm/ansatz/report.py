@@ -17,6 +17,7 @@ from torch import nn
 
 from nfm._utils.arrays import ArrayKind, restore_kind, to_tensor
 from nfm.ansatz.correlation import check_fit_settings, correlation_column, fit_alpha_from_eigh
+from nfm.ansatz.table import RowTable
 from nfm.exceptions import LayerSelectionError, NFMInputError
 from nfm.features.agop import run_agop_pass
 from nfm.features.jacobians import is_same_tensor
@@ -186,7 +187,7 @@ def layer_agops(
 
 
 @dataclass
-class NFAReport:
+class NFAReport(RowTable):
     """Per-layer NFA correlations: ``rows`` (one dict per layer), the NFMs and the AGOPs.
 
     Each row has ``layer``, ``d``, ``by_construction`` (the layer's output is the model output,
@@ -204,22 +205,6 @@ class NFAReport:
     columns: list[str] = field(default_factory=list)
     headline_column: str = ""
     null: NFAReport | None = None
-
-    def to_frame(self) -> Any:
-        """The rows as a pandas DataFrame (or the list of dicts when pandas is missing)."""
-        try:
-            import pandas as pd
-        except ImportError:  # pragma: no cover - pandas is optional
-            return self.rows
-        return pd.DataFrame(self.rows, columns=self.columns or None)
-
-    def __str__(self) -> str:
-        cols = self.columns or (list(self.rows[0]) if self.rows else [])
-        lines = ["  ".join(cols)]
-        for row in self.rows:
-            cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in (row[c] for c in cols)]
-            lines.append("  ".join(cells))
-        return "\n".join(lines)
 
 
 def nfa_report(
