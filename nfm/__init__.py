@@ -19,6 +19,7 @@ The package, one job per subpackage:
 ``nfm.features``    data chunks, the gradient engine, mergeable sums, AGOP and NFM front ends,
                     output selection and the random sketch
 ``nfm.pruning``     unit / weight importance from AGOP and NFM, prune masks, RFM feature selection
+``nfm.probes``      probes, concept directions, steering and neural collapse on hidden states
 ``nfm.hf``          pretrained Hugging Face transformers offline: loaders, text, output selection,
                     per-block analysis (optional extra ``hf``)
 ``nfm.distributed`` AGOP sums reduced across torch.distributed ranks, exact shards, DDP/FSDP
