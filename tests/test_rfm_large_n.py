@@ -24,7 +24,9 @@ from nfm.rfm.memory import (
     ExactFitMemoryError,
     available_memory,
     exact_fit_bytes,
+    largest_exact_fit,
     resolve_memory_limit,
+    tree_fit_bytes,
 )
 
 
@@ -170,6 +172,72 @@ def test_a_callback_is_refused_on_the_partitioned_path():
         _tree_regressor(callback=lambda est, it: None).fit(X, y)
 
 
+def test_leaves_above_1000_rows_solve_by_conjugate_gradients_in_the_root_metric():
+    X, y = _regression(2200, d=3, seed=2)
+    model = RFMRegressor(leaf_size=1100, n_iter=1, dtype="float64", random_state=0).fit(X, y)
+    tree = model.partition_
+    assert tree.n_leaves == 2
+    routed = tree.apply(X)
+    for index, leaf in enumerate(tree.leaves):
+        est = leaf.estimator
+        assert est.solver_ == "cg" and est.reg_ == model.reg_
+        assert est.bandwidth_ == model.bandwidth_
+        Xl = np.asarray(est.X_fit_)
+        K = _laplace(Xl, Xl, np.asarray(model.M_), est.bandwidth_)
+        A = np.asarray(est.dual_coef_)[:, 0]
+        target = y[routed == index]
+        residual = (K + est.reg_ * np.eye(len(Xl))) @ A - target
+        assert np.linalg.norm(residual) <= 1e-3 * np.linalg.norm(target)
+
+
+class _Params:
+    def __init__(self, leaf_size, memory_limit):
+        self.leaf_size, self.memory_limit = leaf_size, memory_limit
+
+
+def _bytes(n: int, d: int = 20, c: int = 2) -> int:
+    return sum(exact_fit_bytes(n, d, c, torch.float32))
+
+
+def test_the_root_is_the_20k_subsample_fit_memory_permitting():
+    cpu, f32 = torch.device("cpu"), torch.float32
+    unlimited = _Params("auto", None)
+    assert large_n.root_size(unlimited, 10**6, 20, 2, 16000, dtype=f32, device=cpu) == 20000
+    assert large_n.root_size(unlimited, 18000, 20, 2, 16000, dtype=f32, device=cpu) == 18000
+    assert large_n.root_size(unlimited, 10**6, 20, 2, 30000, dtype=f32, device=cpu) == 30000
+    tight = _Params("auto", _bytes(17000))
+    assert large_n.root_size(tight, 10**6, 20, 2, 16000, dtype=f32, device=cpu) == 17000
+    tighter = _Params("auto", _bytes(12000))
+    assert large_n.root_size(tighter, 10**6, 20, 2, 16000, dtype=f32, device=cpu) == 16000
+
+
+def test_auto_leaves_shrink_to_the_largest_that_fits_the_memory_limit():
+    cpu, f32 = torch.device("cpu"), torch.float32
+    big = large_n.choose_leaf_size(_Params("auto", None), 10**6, 20, 2, dtype=f32, device=cpu)
+    assert big == large_n.AUTO_LEAF_SIZE == 16000
+    limit = _bytes(5000) + 10
+    small = large_n.choose_leaf_size(_Params("auto", limit), 10**6, 20, 2, dtype=f32, device=cpu)
+    assert small == 5000
+    with pytest.raises(ExactFitMemoryError, match=r"leaf of 16,000 rows .*at most 5,000 rows fit"):
+        large_n.choose_leaf_size(_Params(16000, limit), 10**6, 20, 2, dtype=f32, device=cpu)
+
+
+@settings(max_examples=40, deadline=None)
+@given(limit=st.integers(1, 2**36), d=st.integers(1, 50), c=st.integers(1, 5))
+def test_largest_exact_fit_is_the_last_size_under_the_limit(limit, d, c):
+    n = largest_exact_fit(d, c, torch.float32, limit)
+    assert n == 0 or sum(exact_fit_bytes(n, d, c, torch.float32)) <= limit
+    assert sum(exact_fit_bytes(n + 1, d, c, torch.float32)) > limit
+
+
+def test_tree_fit_bytes_are_the_data_twice_plus_the_larger_exact_fit():
+    n, d, c = 1_000_000, 20, 2
+    got = tree_fit_bytes(n, d, c, 16000, 20000, torch.float32)
+    assert got == 2 * n * (d + c) * 4 + sum(exact_fit_bytes(20000, d, c, torch.float32))
+    assert got == tree_fit_bytes(n, d, c, 20000, 16000, torch.float32)
+    assert 2 * n * (d + c) * 4 + 20000**2 * 4 < got < 4 * 2**30
+
+
 # ----------------------------------------------------------------- choosing the path
 def test_auto_fits_exactly_up_to_the_limit_and_partitions_above(monkeypatch):
     monkeypatch.setattr(large_n, "AUTO_EXACT_MAX_N", 100)
@@ -231,7 +299,14 @@ def test_exact_fit_bytes_are_the_gram_matrix_plus_workspace():
     gram32, work32 = exact_fit_bytes(1000, 20, 2, torch.float32)
     gram64, work64 = exact_fit_bytes(1000, 20, 2, torch.float64)
     assert (gram32, gram64) == (4_000_000, 8_000_000)
-    assert work32 == work64 > 1000 * (20 + 2) * 8
+    assert work64 > 1000 * (20 + 2) * 8
+    # float32 adds conjugate gradients' float64 copy of the Gram matrix, capped at 2^24 entries
+    assert work32 == work64 + 1000 * 1000 * 8
+    big32, big64 = (
+        exact_fit_bytes(8000, 20, 2, torch.float32)[1],
+        exact_fit_bytes(8000, 20, 2, torch.float64)[1],
+    )
+    assert big32 == big64 + 2**24 * 8
 
 
 def test_auto_memory_limit_is_a_share_of_what_the_machine_has():

@@ -206,6 +206,28 @@ def test_nystrom_preconditioner_and_warm_start_reduce_the_iterations():
         assert_iterative_solve_guarantees(K, Y, result, tol=1e-8)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reg", [1e-4, 1e-1])
+def test_nystrom_preconditioner_is_symmetric_positive_definite_with_eigenvalues_at_most_one(
+    dtype, reg
+):
+    # P^{-1} = I + U diag(scale) U^T with orthonormal U and scale in (-1, 0]: its eigenvalues
+    # lie in (0, 1]. Built in float32 (n x rank products in K's dtype), U is orthonormal only to
+    # rounding; the operator must still be SPD, or CG loses its guarantees.
+    from nfm.solvers.preconditioners import NystromPreconditioner
+
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(400, 6, generator=gen, dtype=torch.float64)
+    K = LaplaceKernel(3.0).gram(X, X, torch.eye(6, dtype=torch.float64)).to(dtype)
+    precond = NystromPreconditioner(K, reg, 80, torch.Generator().manual_seed(0))
+    P_inv = precond.apply(torch.eye(400, dtype=dtype)).to(torch.float64)
+    eps = torch.finfo(dtype).eps
+    assert torch.allclose(P_inv, P_inv.T, atol=100 * eps)
+    eigenvalues = torch.linalg.eigvalsh(0.5 * (P_inv + P_inv.T))
+    assert float(eigenvalues.min()) > 0
+    assert float(eigenvalues.max()) <= 1 + 100 * eps
+
+
 def test_conjugate_gradient_warns_when_it_reaches_max_iter():
     K, Y = _system(n=200)
     with pytest.warns(NumericalWarning, match="conjugate gradient stopped.*reached max_iter"):

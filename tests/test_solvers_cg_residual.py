@@ -41,7 +41,9 @@ def test_an_unattainable_float32_tolerance_is_reported_as_such_with_the_true_res
     assert not result.converged and result.stalled and result.n_iter < 1000
     system = assert_iterative_solve_guarantees(K, Y, result, tol=1e-6)
     true = system.relative_residual(result.coef)
-    assert result.relative_residual == pytest.approx(true, rel=1e-9)
+    # the solver adds the rounding of its float64 iterate to float32 as a float32 product:
+    # its report agrees with the independent float64 residual to ~1e-7 relative
+    assert result.relative_residual == pytest.approx(true, rel=1e-6)
     assert true > 1e-6
     assert result.column_residuals.tolist() == [result.relative_residual]
 

@@ -2,18 +2,26 @@ r"""The choice between the exact RFM fit and the partitioned one (``leaf_size``,
 
 The exact fit holds an ``n x n`` Gram matrix, so its memory grows as :math:`n^2` and its time
 as :math:`n^2`-:math:`n^3`. Above a size the estimators switch to the AGOP-split tree of
-:mod:`nfm.rfm.partition`, whose leaves are exact fits of at most ``leaf_size`` rows:
+:mod:`nfm.rfm.partition`, whose leaves are exact fits of at most ``leaf_size`` rows in the
+metric of a root fit on a subsample of at most :data:`AUTO_EXACT_MAX_N` rows:
 
 * ``leaf_size="auto"`` (default): exact for ``n <=`` :data:`AUTO_EXACT_MAX_N` when its memory
-  fits ``memory_limit``; otherwise the tree with leaves of :data:`AUTO_LEAF_SIZE` rows;
+  fits ``memory_limit``; otherwise the tree with leaves of at most :data:`AUTO_LEAF_SIZE` rows
+  (fewer when a leaf of that size does not fit ``memory_limit``: the largest that does, but not
+  under :data:`MIN_AUTO_LEAF_SIZE`);
 * ``leaf_size=None``: always exact; where the Gram matrix does not fit ``memory_limit`` an
   :class:`~nfm.rfm.memory.ExactFitMemoryError` names the bytes it needs and the parameter to use
   (before anything is allocated);
 * ``leaf_size=k`` (an integer): the tree whenever ``n > k``.
+
+The root of the tree is fitted on :math:`r = \min(n, \max(\text{leaf\_size},
+\text{AUTO\_EXACT\_MAX\_N}))` rows, the largest subsample the exact path would take, reduced to
+the largest size that fits ``memory_limit`` (at least ``leaf_size``): see :func:`root_size`.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -24,15 +32,27 @@ from nfm.rfm.memory import (
     ExactFitMemoryError,
     exact_fit_bytes,
     format_bytes,
+    largest_exact_fit,
     resolve_memory_limit,
 )
 
-__all__ = ["AUTO_EXACT_MAX_N", "AUTO_LEAF_SIZE", "MIN_LEAF_SIZE", "choose_leaf_size"]
+__all__ = [
+    "AUTO_EXACT_MAX_N",
+    "AUTO_LEAF_SIZE",
+    "MIN_AUTO_LEAF_SIZE",
+    "MIN_LEAF_SIZE",
+    "choose_leaf_size",
+    "root_size",
+]
 
-#: ``leaf_size="auto"`` fits exactly up to this many rows (memory permitting)
+#: ``leaf_size="auto"`` fits exactly up to this many rows (memory permitting); it is also the
+#: size of the subsample on which the tree's root metric, ridge and bandwidth are learned
 AUTO_EXACT_MAX_N = 20000
-#: ``leaf_size="auto"``: rows per leaf of the tree above :data:`AUTO_EXACT_MAX_N`
-AUTO_LEAF_SIZE = 2000
+#: ``leaf_size="auto"``: the most rows per leaf of the tree above :data:`AUTO_EXACT_MAX_N`
+#: (a 16,000-row float32 Gram matrix is 1 GB; the leaves' solves are conjugate gradients)
+AUTO_LEAF_SIZE = 16000
+#: ``leaf_size="auto"`` shrinks its leaves to fit ``memory_limit``, but not below this
+MIN_AUTO_LEAF_SIZE = 1000
 #: the smallest accepted ``leaf_size``
 MIN_LEAF_SIZE = 10
 
@@ -59,11 +79,14 @@ def _memory_error(
     gram, workspace = exact_fit_bytes(n, d, c, dtype)
     bytes_per = torch.empty((), dtype=dtype).element_size()
     what = f"a leaf of {n:,} rows (leaf_size={n})" if leaf else f"the exact fit on {n:,} rows"
+    fitting = largest_exact_fit(d, c, dtype, limit)
+    hint = f"; at most {fitting:,} rows fit" if fitting >= MIN_LEAF_SIZE else ""
     advice = (
-        "use a smaller leaf_size"
+        f"use a smaller leaf_size{hint}"
         if leaf
         else "use leaf_size='auto' or an integer (the AGOP-split tree of nfm.rfm.partition, "
-        "leaves of at most that many rows; e.g. leaf_size=2000)"
+        f"leaves of at most that many rows; e.g. leaf_size={min(AUTO_LEAF_SIZE, n - 1)}"
+        f"{hint})"
     )
     return ExactFitMemoryError(
         f"{owner}: {what} needs about {format_bytes(gram + workspace)} (the {n:,} x {n:,} Gram "
@@ -71,7 +94,7 @@ def _memory_error(
         f"{format_bytes(workspace)} workspace), more than memory_limit allows "
         f"({format_bytes(limit)}); {advice}, or raise memory_limit (bytes, or None for no check)",
         required_bytes=gram + workspace,
-        limit_bytes=int(limit),
+        limit_bytes=int(limit) if math.isfinite(limit) else -1,
         n_samples=n,
     )
 
@@ -102,6 +125,8 @@ def choose_leaf_size(
         if n <= AUTO_EXACT_MAX_N and _fits(n, d, c, dtype, limit):
             return None
         leaf_size = AUTO_LEAF_SIZE
+        if not _fits(leaf_size, d, c, dtype, limit):  # the largest leaf that fits
+            leaf_size = max(MIN_AUTO_LEAF_SIZE, largest_exact_fit(d, c, dtype, limit))
     if n <= leaf_size:
         if not _fits(n, d, c, dtype, limit):
             raise _memory_error(owner, n, d, c, dtype, limit, leaf=False)
@@ -109,3 +134,28 @@ def choose_leaf_size(
     if not _fits(leaf_size, d, c, dtype, limit):
         raise _memory_error(owner, leaf_size, d, c, dtype, limit, leaf=True)
     return leaf_size
+
+
+def root_size(
+    estimator: Any,
+    n: int,
+    d: int,
+    c: int,
+    leaf_size: int,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> int:
+    r"""Rows of the tree's root fit.
+
+    .. math:: r = \min(n, \max(\text{leaf\_size}, \text{AUTO\_EXACT\_MAX\_N})),
+
+    reduced to the largest exact fit that ``memory_limit`` allows, but never below
+    ``leaf_size`` (which :func:`choose_leaf_size` has checked to fit).
+    """
+    owner = type(estimator).__name__
+    size = min(n, max(leaf_size, AUTO_EXACT_MAX_N))
+    limit = resolve_memory_limit(getattr(estimator, "memory_limit", None), device, owner)
+    if not _fits(size, d, c, dtype, limit):
+        size = max(min(leaf_size, n), min(size, largest_exact_fit(d, c, dtype, limit)))
+    return int(size)

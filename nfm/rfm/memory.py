@@ -9,7 +9,10 @@ place; conjugate gradients multiply by it), so its peak is about
 with ``b`` the bytes of the working dtype (4 for float32, 8 for float64), ``r`` the rank of the
 conjugate-gradient preconditioner (:data:`CG_PRECONDITIONER_RANK`), ``d`` features, ``c``
 target columns and ``W`` the kernel blocks, :data:`BLOCK_WORKSPACE_ENTRIES` float64 entries at
-most (fewer when :math:`n^2` is smaller). With
+most (fewer when :math:`n^2` is smaller), plus, in float32, :math:`8 \min(n^2, N_{64})` for
+the float64 copy that conjugate gradients keep of a Gram matrix of at most :math:`N_{64}` =
+:data:`~nfm.solvers.cg.FLOAT64_COPY_MAX_ELEMENTS` entries for their residual checks (charged at
+every ``n``, at most 128 MiB, so that the estimate grows with ``n``). With
 ``selection="holdout"`` the iterations use ``0.8 n`` rows, but the selected predictor is
 refitted on all ``n`` rows, so ``n`` is what counts.
 
@@ -32,6 +35,7 @@ import torch
 
 from nfm.exceptions import NFMInputError
 from nfm.kernels import DEFAULT_BLOCK_ELEMENTS
+from nfm.solvers.cg import FLOAT64_COPY_MAX_ELEMENTS
 
 __all__ = [
     "BLOCK_WORKSPACE_ENTRIES",
@@ -41,7 +45,9 @@ __all__ = [
     "available_memory",
     "exact_fit_bytes",
     "format_bytes",
+    "largest_exact_fit",
     "resolve_memory_limit",
+    "tree_fit_bytes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,7 +89,46 @@ def exact_fit_bytes(n: int, d: int, c: int, dtype: torch.dtype) -> tuple[int, in
     gram = n * n * itemsize
     blocks = min(BLOCK_WORKSPACE_ENTRIES, 8 * n * n) * 8
     workspace = n * (CG_PRECONDITIONER_RANK + d + 6 * c) * 8 + blocks
+    if dtype != torch.float64:  # CG's float64 copy of a small Gram matrix; charged at every n
+        workspace += min(n * n, FLOAT64_COPY_MAX_ELEMENTS) * 8  # so that bytes grow with n
     return gram, workspace
+
+
+def largest_exact_fit(d: int, c: int, dtype: torch.dtype, limit: float) -> int:
+    """The largest ``n`` whose :func:`exact_fit_bytes` (Gram plus workspace) is ``<= limit``.
+
+    0 when not even one row fits; ``2**40`` stands for "no limit" (``limit`` infinite).
+    """
+    if not math.isfinite(limit):
+        return 2**40
+    low, high = 0, 1
+    while sum(exact_fit_bytes(high, d, c, dtype)) <= limit:  # bytes grow with n
+        low, high = high, 2 * high
+    while high - low > 1:
+        mid = (low + high) // 2
+        if sum(exact_fit_bytes(mid, d, c, dtype)) <= limit:
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+def tree_fit_bytes(
+    n: int, d: int, c: int, leaf_size: int, root_size: int, dtype: torch.dtype
+) -> int:
+    r"""Estimated peak bytes of a partitioned fit (:mod:`nfm.rfm.partition`) on ``n`` rows.
+
+    .. math:: 2 n (d + c) b + \max(	ext{exact}(r), 	ext{exact}(\ell)),
+
+    the data and its copy in the fitted leaves (rows and coefficients), plus the larger of the
+    root's exact fit on ``r = root_size`` rows and one leaf's on ``l = leaf_size`` rows
+    (:func:`exact_fit_bytes`; the leaves are fitted one after the other).
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    one = max(
+        sum(exact_fit_bytes(root_size, d, c, dtype)), sum(exact_fit_bytes(leaf_size, d, c, dtype))
+    )
+    return 2 * n * (d + c) * itemsize + one
 
 
 def _meminfo_available() -> int | None:

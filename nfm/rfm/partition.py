@@ -4,32 +4,41 @@ The approach of xRFM (Beaglehole, Holzmueller, Radhakrishnan, Belkin, 2025), wit
 learned once:
 
 1. **Root metric.** The estimator (a clone, same parameters, exact path) is fitted on a random
-   (stratified for classifiers) subsample of ``leaf_size`` rows; its metric :math:`M`, ridge
+   (stratified for classifiers) subsample of ``root_size`` rows, by default
+   :math:`\min(n, \max(\text{leaf\_size}, 20000))` (:func:`nfm.rfm.large_n.root_size`): the
+   fit the exact path would make on a 20,000-row subsample. Its metric :math:`M`, ridge
    :math:`\lambda` and bandwidth are those of the whole tree.
 2. **Splits.** A node with more than ``leaf_size`` rows takes up to :data:`SPLIT_SAMPLE_SIZE` of
    them, solves :math:`(K_M + \lambda I) A = Y` on those rows and computes the AGOP
    :math:`G` of that local predictor over them. Its rows are split at the median of their
    projection :math:`v^T x` on the top eigenvector :math:`v` of :math:`G` (the direction in
    which the local predictor varies most); ``v^T x <= t`` goes left. Both children get half the
-   rows, so the tree is balanced with :math:`\lceil \log_2(n / \text{leaf\_size}) \rceil`
-   levels.
+   rows, so the tree is balanced with :math:`L = \lceil \log_2(n / \text{leaf\_size}) \rceil`
+   levels and :math:`2^L` leaves of about :math:`n / 2^L \in (\text{leaf\_size}/2,
+   \text{leaf\_size}]` rows.
 3. **Leaves.** Each leaf is the estimator fitted exactly on its rows in the root's metric
    :math:`M` (``initial_metric``, :data:`LEAF_N_ITER` = 0 further iterations) with the root's
-   ridge (``selection="last"``): one kernel ridge solve, by Cholesky unless ``solver`` says
-   otherwise (plus the leave-one-out values of a classifier's softmax temperature). A
-   classifier leaf that holds one class predicts that class.
+   ridge and bandwidth (``selection="last"``): one kernel ridge solve
+   :math:`(K_M + \lambda I) A = Y` on the leaf's rows, by the estimator's ``solver`` (with
+   ``"auto"``, conjugate gradients above 1,000 rows, Cholesky below; a classifier's softmax
+   temperature from the leave-one-out values with Cholesky, from the training values with
+   conjugate gradients). A classifier leaf that holds one class predicts that class.
 
-Learning :math:`M` and :math:`\lambda` once, on ``leaf_size`` rows, keeps the cost of the
-leaves at one solve each; the tree brings the rest of the rows in where they matter, locally.
+Learning :math:`M` and :math:`\lambda` once keeps the cost of a leaf at one solve; each leaf is
+then a local kernel machine with as many rows as the root's subsample model, in
+:math:`1 / 2^L` of the space.
 
 Prediction routes each row down the tree (one projection per level) and evaluates its leaf:
 time and memory per row are those of one ``leaf_size``-row kernel machine, whatever ``n``.
-The fit's peak memory is that of one leaf-sized exact fit plus the data.
+The leaves are fitted one after the other, so the fit's peak memory is the data (and its copy
+in the fitted leaves) plus the larger of the root fit and one leaf fit
+(:func:`nfm.rfm.memory.tree_fit_bytes`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +48,7 @@ from sklearn.base import clone
 from tqdm.auto import tqdm
 
 from nfm.exceptions import NFMInputError
+from nfm.rfm.large_n import root_size as default_root_size
 from nfm.rfm.selection import stratified_sample
 from nfm.solvers import cholesky_solve
 
@@ -180,9 +190,13 @@ class PartitionedPredictor:
 
 
 def _exact_clone(estimator: Any, rng: np.random.Generator, **params: Any) -> Any:
-    """An unfitted copy of ``estimator`` on the exact path, seeded from ``rng``."""
+    """An unfitted copy of ``estimator`` on the exact path, seeded from ``rng``.
+
+    Its memory was checked when the tree was chosen (``memory_limit=None`` skips a second check).
+    """
     return clone(estimator).set_params(
         leaf_size=None,
+        memory_limit=None,
         callback=None,
         verbose=False,
         random_state=int(rng.integers(2**31)),
@@ -191,13 +205,17 @@ def _exact_clone(estimator: Any, rng: np.random.Generator, **params: Any) -> Any
 
 
 def _leaf_params(estimator: Any, root: Any, M_root: torch.Tensor) -> dict[str, Any]:
-    """The leaves' parameters that differ from the estimator's: the root's metric and ridge."""
+    """The leaves' parameters that differ from the estimator's: the root's metric, ridge, bandwidth.
+
+    The solver is the estimator's (``"auto"``: conjugate gradients above 1,000 rows).
+    """
     return {
         "initial_metric": M_root.numpy(),
         "n_iter": LEAF_N_ITER,
         "reg": float(root.reg_),
+        "bandwidth": float(root.bandwidth_),
         "selection": "last",
-        "solver": "cholesky" if estimator.solver == "auto" else estimator.solver,
+        "solver": estimator.solver,
     }
 
 
@@ -250,6 +268,7 @@ def fit_partition(
     classes: np.ndarray | None,
     leaf_size: int,
     rng: np.random.Generator,
+    root_size: int | None = None,
 ) -> tuple[PartitionedPredictor, Any]:
     """Fit the tree of the module docstring on ``(X, y)``; ``estimator`` is not modified.
 
@@ -269,6 +288,8 @@ def fit_partition(
         The classifier's classes (sorted).
     leaf_size : int
     rng : numpy Generator
+    root_size : int or None
+        Rows of the root fit (``None``: ``leaf_size``).
 
     Returns
     -------
@@ -276,9 +297,21 @@ def fit_partition(
     """
     n, d = X.shape
     is_classifier = classes is not None
-    root_rows = stratified_sample(labels, n, min(n, leaf_size), rng)
+    name = type(estimator).__name__
+    verbose = bool(getattr(estimator, "verbose", False))
+    root_rows = stratified_sample(labels, n, min(n, root_size or leaf_size), rng)
     root_index = torch.as_tensor(root_rows, device=X.device)
+    start = time.perf_counter()
     root = _exact_clone(estimator, rng).fit(X[root_index], y[root_rows])
+    logger.info(
+        "%s: root fit on %d of %d rows in %.1f s (reg %g, bandwidth %g)",
+        name,
+        root_rows.shape[0],
+        n,
+        time.perf_counter() - start,
+        float(root.reg_),
+        float(root.bandwidth_),
+    )
     M_root = torch.as_tensor(root.M_).detach().to("cpu", torch.float64)
 
     directions: list[np.ndarray] = []
@@ -314,8 +347,8 @@ def fit_partition(
         pending.append((right_node, rows[~left]))
 
     leaves: list[Leaf] = []
-    verbose = bool(getattr(estimator, "verbose", False))
-    for rows in tqdm(leaf_rows, desc="RFM leaves", disable=not verbose):
+    start = time.perf_counter()
+    for rows in tqdm(leaf_rows, desc=f"{name} leaves", disable=not verbose):
         index = torch.as_tensor(rows, device=X.device)
         if is_classifier and np.unique(labels[rows]).size < 2:
             leaves.append(Leaf(None, None, int(labels[rows[0]]), int(rows.shape[0])))
@@ -334,12 +367,13 @@ def fit_partition(
         is_classifier=is_classifier,
     )
     logger.info(
-        "%s: %d rows in %d leaves (sizes %d..%d)",
-        type(estimator).__name__,
+        "%s: %d rows in %d leaves (sizes %d..%d), leaves fitted in %.1f s",
+        name,
         n,
         predictor.n_leaves,
         int(predictor.leaf_sizes.min()),
         int(predictor.leaf_sizes.max()),
+        time.perf_counter() - start,
     )
     return predictor, root
 
@@ -372,8 +406,26 @@ def partitioned_state(estimator: Any, data: Any, targets: Any, leaf_size: int) -
         )
     classes = targets.attributes.get("classes_")
     rng = np.random.default_rng(estimator.random_state)
+    n, d = data.X.shape
+    root_rows = default_root_size(
+        estimator,
+        n,
+        d,
+        int(targets.Y.shape[1]),
+        leaf_size,
+        dtype=data.X.dtype,
+        device=data.X.device,
+    )
     predictor, root = fit_partition(
-        estimator, data.X, data.y, targets.Y, targets.labels, classes, leaf_size, rng
+        estimator,
+        data.X,
+        data.y,
+        targets.Y,
+        targets.labels,
+        classes,
+        leaf_size,
+        rng,
+        root_size=root_rows,
     )
     fitted = [leaf for leaf in predictor.leaves if leaf.estimator is not None]
     weights = np.array([leaf.n_samples for leaf in fitted], dtype=np.float64)

@@ -17,7 +17,12 @@ Both solvers return the system they actually solved: ``(K + s I) A = Y`` with
 ``s = result.diagonal_shift`` (``reg``, plus the jitter of the Cholesky ladder when it was used).
 """
 
-from nfm.solvers.cg import CGResult, conjugate_gradient_solve, conjugate_gradient_solve_regs
+from nfm.solvers.cg import (
+    CGResult,
+    conjugate_gradient_solve,
+    conjugate_gradient_solve_regs,
+    default_preconditioner_rank,
+)
 from nfm.solvers.cholesky import JITTER_LADDER, CholeskyResult, cholesky_solve
 from nfm.solvers.dispatch import AUTO_CHOLESKY_MAX_N, resolve_solver, solve_kernel_system
 
@@ -29,6 +34,7 @@ __all__ = [
     "cholesky_solve",
     "conjugate_gradient_solve",
     "conjugate_gradient_solve_regs",
+    "default_preconditioner_rank",
     "resolve_solver",
     "solve_kernel_system",
 ]
