@@ -11,15 +11,20 @@
 ``nfm.rfm.validation``      ``X`` / ``y`` checks
 ``nfm.rfm.estimators``      :class:`RFMRegressor`, :class:`RFMClassifier`
 ``nfm.rfm.search``          :class:`RFMSearchRegressor`, :class:`RFMSearchClassifier`
+``nfm.rfm.large_n``         exact fit or AGOP-split tree (``leaf_size``, ``memory_limit``)
+``nfm.rfm.partition``       the AGOP-split tree of exact leaves
+``nfm.rfm.memory``          memory estimates, :class:`ExactFitMemoryError`
 ==========================  ====================================================================
 """
 
 from nfm.rfm.estimators import RFMClassifier, RFMRegressor
+from nfm.rfm.memory import ExactFitMemoryError
 from nfm.rfm.params import DEFAULT_REG_GRID
 from nfm.rfm.search import RFMSearchClassifier, RFMSearchRegressor, default_search_space
 
 __all__ = [
     "DEFAULT_REG_GRID",
+    "ExactFitMemoryError",
     "RFMClassifier",
     "RFMRegressor",
     "RFMSearchClassifier",

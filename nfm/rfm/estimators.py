@@ -673,7 +673,8 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
         classes, idx = np.unique(y, return_inverse=True)
         if classes.size < 2:
             raise NFMInputError(
-                f"{name} needs at least 2 classes in y to fit; got 1 class ({classes[0]!r})"
+                f"{name} needs at least 2 classes in y to fit; "
+                f"got 1 class ({classes.tolist()[0]!r})"
             )
         Y = np.zeros((y.shape[0], classes.size), dtype=np.float64)
         Y[np.arange(y.shape[0]), idx] = 1.0

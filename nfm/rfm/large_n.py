@@ -81,11 +81,13 @@ def _memory_error(
     what = f"a leaf of {n:,} rows (leaf_size={n})" if leaf else f"the exact fit on {n:,} rows"
     fitting = largest_exact_fit(d, c, dtype, limit)
     hint = f"; at most {fitting:,} rows fit" if fitting >= MIN_LEAF_SIZE else ""
+    # the example must itself fit: at most the rows that fit, and fewer than n
+    example = max(MIN_LEAF_SIZE, min(AUTO_LEAF_SIZE, n - 1, fitting))
     advice = (
         f"use a smaller leaf_size{hint}"
         if leaf
         else "use leaf_size='auto' or an integer (the AGOP-split tree of nfm.rfm.partition, "
-        f"leaves of at most that many rows; e.g. leaf_size={min(AUTO_LEAF_SIZE, n - 1)}"
+        f"leaves of at most that many rows; e.g. leaf_size={example}"
         f"{hint})"
     )
     return ExactFitMemoryError(

@@ -118,7 +118,7 @@ def tree_fit_bytes(
 ) -> int:
     r"""Estimated peak bytes of a partitioned fit (:mod:`nfm.rfm.partition`) on ``n`` rows.
 
-    .. math:: 2 n (d + c) b + \max(	ext{exact}(r), 	ext{exact}(\ell)),
+    .. math:: 2 n (d + c) b + \max(\text{exact}(r), \text{exact}(\ell)),
 
     the data and its copy in the fitted leaves (rows and coefficients), plus the larger of the
     root's exact fit on ``r = root_size`` rows and one leaf's on ``l = leaf_size`` rows
