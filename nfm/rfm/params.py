@@ -86,7 +86,8 @@ def as_reg_grid(reg: Any) -> tuple[float, ...]:
     out = []
     for value in values:
         if not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-            raise NFMInputError(f"reg values must be finite numbers >= 0; got {value!r} in {reg!r}")
+            where = f" in {reg!r}" if values is not None and len(values) > 1 else ""
+            raise NFMInputError(f"reg values must be finite numbers >= 0; got {value!r}{where}")
         out.append(float(value))
     return tuple(out)
 
@@ -138,7 +139,10 @@ def check_hyperparameters(estimator: Any) -> CheckedParams:
         raise NFMInputError(
             f"{name}: solver must be 'auto', 'cholesky' or 'cg'; got {p['solver']!r}"
         )
-    regs = as_reg_grid(p["reg"])
+    try:
+        regs = as_reg_grid(p["reg"])
+    except NFMInputError as error:
+        raise NFMInputError(f"{name}: {error}") from None
     if p["selection"] == "last" and len(regs) > 1:
         raise NFMInputError(
             f"{name}: selection='last' cannot choose among {len(regs)} reg values; pass one "
