@@ -326,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     for spec in jobs:
         result = run_one(spec, args.timeout)
         rows.append(result)
-        shown = {k: v for k, v in result.items() if k not in ("d", "threads")}
+        hidden = {"d", "threads"} | (
+            {"iters", "bandwidth", "reg"} if spec["mode"] == "defaults" else set()
+        )
+        shown = {k: v for k, v in result.items() if k not in hidden}  # defaults: each its own
         print(json.dumps(shown), flush=True)
 
     # pair the methods and compute ratios
