@@ -3,7 +3,7 @@
 Task: binary labels ``1[x0 x1 + sin(2 x2) + 0.1 e > 0]`` on ``x ~ N(0, I_20)``, ``e ~ N(0, 1)``
 (the synthetic task of ``bench_rfm_xrfm.py``; the label depends on 3 of the 20 coordinates, so
 feature learning helps, and the noise-free boundary is curved, so more rows keep helping; the
-noise caps the accuracy: the noise-free rule scores ``bayes_accuracy``, about 0.975, on the test
+noise caps the accuracy: the noise-free rule scores ``bayes_accuracy``, 0.9724 on the test
 rows). The
 training sets are nested: the size-``n`` set is the first ``n`` rows of one 1M-row stream, so the
 20k row of the table is the same method on a 20k subsample of the 1M set. Every fit is scored on

@@ -228,6 +228,30 @@ def test_nystrom_preconditioner_is_symmetric_positive_definite_with_eigenvalues_
     assert float(eigenvalues.max()) <= 1 + 100 * eps
 
 
+def test_conjugate_gradient_never_returns_a_non_finite_iterate_over_a_verified_one(monkeypatch):
+    # a preconditioner that turns NaN after a few applications poisons the recursion: the
+    # solver must return its best verified iterate (finite, with its true residual), not NaN
+    import nfm.solvers.cg as cg_module
+
+    original = cg_module.NystromPreconditioner.apply
+    calls = {"n": 0}
+
+    def poisoned(self, R):
+        calls["n"] += 1
+        out = original(self, R)
+        return out * float("nan") if calls["n"] > 4 else out
+
+    monkeypatch.setattr(cg_module.NystromPreconditioner, "apply", poisoned)
+    K, Y = _system(n=200)
+    with pytest.warns(NumericalWarning):
+        result = conjugate_gradient_solve(K, Y, 1e-2, preconditioner_rank=20, tol=1e-12)
+    assert bool(torch.isfinite(result.coef).all())
+    assert np.isfinite(result.relative_residual) and not result.converged
+    system = ShiftedSystem.build(K, Y, 1e-2)
+    true = system.relative_residual(result.coef)
+    assert result.relative_residual == pytest.approx(true, rel=1e-6)
+
+
 def test_conjugate_gradient_warns_when_it_reaches_max_iter():
     K, Y = _system(n=200)
     with pytest.warns(NumericalWarning, match="conjugate gradient stopped.*reached max_iter"):

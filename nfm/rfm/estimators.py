@@ -645,8 +645,9 @@ class RFMClassifier(ClassifierMixin, _BaseRFM):
     Probabilities: :math:`p(x) = \mathrm{softmax}(f(x) / T)` with one temperature ``T``
     (``temperature_``) fitted by minimising the log loss of out-of-sample decision values: the
     leave-one-out values of the selected predictor (Cholesky solver) or the internal holdout
-    values. When neither exists (iterative solver with ``selection="last"``) the training
-    decision values are used and the probabilities are over-confident.
+    values. When neither exists (iterative solver with ``selection="last"``, as in the leaves
+    of the large-n tree above 1,000 rows) the training decision values are used and the
+    probabilities are over-confident; the tree has no single ``temperature_`` (``None``).
 
     Attributes
     ----------

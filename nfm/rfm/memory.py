@@ -54,7 +54,8 @@ logger = logging.getLogger(__name__)
 
 #: share of the available memory that ``memory_limit="auto"`` lets an exact fit use
 MEMORY_FRACTION = 0.8
-#: rank of the Nystrom preconditioner of :func:`nfm.solvers.conjugate_gradient_solve`
+#: the largest rank of the Nystrom preconditioner of :func:`nfm.solvers.conjugate_gradient_solve`
+#: (its default rank, :func:`nfm.solvers.default_preconditioner_rank`, is at most this)
 CG_PRECONDITIONER_RANK = 300
 #: the kernel drivers' temporaries: a few blocks of at most DEFAULT_BLOCK_ELEMENTS entries each
 BLOCK_WORKSPACE_ENTRIES = 8 * DEFAULT_BLOCK_ELEMENTS

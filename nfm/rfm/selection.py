@@ -39,8 +39,9 @@ __all__ = [
 ]
 
 #: Conjugate-gradient tolerance (float32, float64) of the iterations fitted on the internal
-#: holdout split: 10x the solver's default (1e-4, 1e-7), since these solutions only feed the
-#: holdout scores and the AGOP; the selected predictor is refitted on all rows at the default.
+#: holdout split: 100x / 10x the solver's default (1e-4, 1e-7), since these solutions only feed
+#: the holdout scores and the AGOP (benchmarks/bench_selection_tolerance.py); the selected
+#: predictor is refitted on all rows at REFIT_CG_TOL.
 SELECTION_CG_TOL: tuple[float, float] = (1e-2, 1e-6)
 
 #: Conjugate-gradient tolerance (float32, float64) of the refit on all rows. In float32 the

@@ -115,11 +115,9 @@ class CGResult:
 def default_preconditioner_rank(n: int) -> int:
     r"""The Nystrom rank used when none is given: :math:`\min(300, \max(50, \lfloor n/16 \rfloor))`.
 
-    Building the preconditioner costs :math:`O(n r^2)`, each CG iteration :math:`O(n^2)`, so
-    the rank that minimises the solve time grows with ``n``. Measured on Laplace-kernel Gram
-    matrices of a ridge grid (``1e-4 .. 1``, float32, 2 cores): at ``n = 1,600`` ranks 100-200
-    solve in 23 ms against 31 ms for 300 (the build dominates); at ``n = 6,400`` rank 300 is
-    the fastest of 50-500.
+    Building the preconditioner costs :math:`O(n r^2)` and each CG iteration :math:`O(n^2)`, so
+    at small ``n`` a rank of 300 costs more to build than it saves in iterations; from
+    ``n = 4,800`` on the rank is 300, the solver's earlier fixed value.
     """
     return min(_RANK_MAX, max(_RANK_MIN, n // _RANK_PER_ROWS))
 
@@ -179,7 +177,7 @@ def _true_residual(
     if K.dtype == torch.float64:
         R = Y64 - product(X64)
     elif K64 is not None:
-        R = Y64 - (X64.T @ K64).T
+        R = Y64 - (X64.T @ K64).T  # = K X for the symmetric K (the fast form for few columns)
     else:
         n = K.shape[0]
         rows = max(1, _RESIDUAL_BLOCK_ELEMENTS // max(n, 1))
@@ -489,7 +487,8 @@ def _solve_grid(
     else:
         true_rel = relative(_true_residual(K, X, Y64, shifts64, product, K64))
         n_products += 1
-    better = best_rel < true_rel  # an earlier verified iterate beats the last one
+    # an earlier verified iterate beats the last one (or the last one is not finite)
+    better = (best_rel < true_rel) | ~torch.isfinite(true_rel)
     if bool(better.any()):
         columns = better.to(X.device)
         X[:, columns] = best_X64[:, columns].to(K.dtype)

@@ -34,9 +34,7 @@ class NystromPreconditioner:
     .. math:: P^{-1} = (\lambda_r + \mu)\, U (\Lambda + \mu I)^{-1} U^T + (I - U U^T),
 
     :math:`\mu = \max(\lambda, 10^{-7} \lambda_1)`: two ``n x rank`` products per
-    application. Built with three ``n x rank^2`` products in ``K``'s dtype; the
-    ``rank x rank`` factorisations in float64; in float32, directions below ``1e-6`` of the
-    top eigenvalue are dropped as rounding noise. With one shift per
+    application. Built in float64 with three ``n x rank^2`` products. With one shift per
     column (a grid of ridges solved together), column ``j`` gets the preconditioner of its
     :math:`\lambda_j`: the sample, ``U`` and :math:`\Lambda` are shared, only :math:`\mu` differs.
 
@@ -56,33 +54,24 @@ class NystromPreconditioner:
         n = K.shape[0]
         rank = min(rank, n)
         idx = torch.randperm(n, generator=generator)[:rank].to(K.device)
-        # the n x rank products run in K's dtype (a preconditioner need not be exact: CG's
-        # result does not depend on it, only its speed); the rank x rank parts in float64
-        work = K.dtype if K.dtype in (torch.float32, torch.float64) else torch.float32
-        C = K[:, idx].to(work)
-        W = C[idx].to(torch.float64)
+        C = K[:, idx].to(torch.float64)
+        W = C[idx]
         shift = torch.finfo(K.dtype).eps * float(W.diagonal().abs().sum()) + 1e-300
         W.diagonal().add_(shift)
         chol, info = torch.linalg.cholesky_ex(W)
         if int(info) != 0:
             eigvals, eigvecs = torch.linalg.eigh(W)
             keep = eigvals > max(float(eigvals.max()), 0.0) * 1e-10
-            B = C @ (eigvecs[:, keep] / eigvals[keep].sqrt()).to(work)
+            B = C @ (eigvecs[:, keep] / eigvals[keep].sqrt())
         else:
-            B = torch.linalg.solve_triangular(chol.to(work), C.T, upper=False).T
+            B = torch.linalg.solve_triangular(chol, C.T, upper=False).T
         del C
-        eigvals, eigvecs = _small_eigh((B.T @ B).to(torch.float64))
-        # no positive eigenvalue (K not PSD on the sample): U is empty, P^{-1} = I. In float32
-        # the directions below ~1e-6 of the top are rounding noise: left to the identity part
-        relative_floor = 1e-10 if work == torch.float64 else 1e-6
+        eigvals, eigvecs = _small_eigh(B.T @ B)
+        # no positive eigenvalue (K not PSD on the sample): U is empty, P^{-1} = I
         top = float(eigvals.max()) if eigvals.numel() else 0.0
-        keep = (
-            eigvals > top * relative_floor
-            if top > 0
-            else torch.zeros_like(eigvals, dtype=torch.bool)
-        )
+        keep = eigvals > top * 1e-10 if top > 0 else torch.zeros_like(eigvals, dtype=torch.bool)
         lam, vecs = eigvals[keep], eigvecs[:, keep]
-        U = (B @ (vecs / lam.sqrt()).to(B.device, work)).to(K.dtype)
+        U = B @ (vecs / lam.sqrt())
         lam = (lam - shift).clamp(min=0)
         lam_max = float(lam.max()) if lam.numel() else 0.0
         floor = max(lam_max * 1e-7, 1e-300)
@@ -90,7 +79,7 @@ class NystromPreconditioner:
             mu = reg.detach().to("cpu", torch.float64).clamp(min=floor)[:, None]
         else:
             mu = torch.tensor(max(float(reg), floor), dtype=torch.float64)
-        self.U = U
+        self.U = U.to(K.dtype)
         self.U_rows = self.U.T.contiguous()  # (rank, n): the fast layout of the second product
         smallest = float(lam.min()) if lam.numel() else 0.0
         self.scale = ((smallest + mu) / (lam.cpu() + mu) - 1.0).to(K.device, K.dtype)
