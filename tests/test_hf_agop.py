@@ -14,6 +14,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from tiny_transformers import one_thread, tiny_gpt2  # noqa: E402, F401
+
 from nfm import compute_agop  # noqa: E402
 from nfm.features.outputs import GaussianSketch  # noqa: E402
 from nfm.hf.analysis import analyze_blocks  # noqa: E402
@@ -23,23 +25,6 @@ from nfm.hf.taps import TappedModel  # noqa: E402
 from nfm.linalg import matrix_correlation  # noqa: E402
 
 REL_TOL = 1e-10
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_gpt2() -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=2, n_head=2, n_embd=64, vocab_size=40, n_positions=16, bos_token_id=0,
-        eos_token_id=0,
-    )  # fmt: skip
-    return transformers.GPT2LMHeadModel(config).double().eval()
 
 
 def tiny_bert() -> torch.nn.Module:

@@ -8,19 +8,13 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
+from tiny_transformers import one_thread  # noqa: E402, F401
+
 from nfm.exceptions import LayerSelectionError, NFMInputError  # noqa: E402
 from nfm.hf.analysis import analyze_blocks  # noqa: E402
 from nfm.hf.blocks import find_blocks  # noqa: E402
 from nfm.hf.outputs import SelectedOutput  # noqa: E402
 from nfm.hf.taps import TappedModel  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -13,26 +13,11 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
+from tiny_transformers import one_thread, tiny_gpt2  # noqa: E402, F401
+
 from nfm.exceptions import LayerSelectionError, NFMInputError  # noqa: E402
 from nfm.probes import block_hidden_states, encode_texts, transformer_blocks  # noqa: E402
 from nfm.probes.hidden import pool_states  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_gpt2() -> nn.Module:
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=2, n_head=2, n_embd=64, vocab_size=40, n_positions=16, bos_token_id=0,
-        eos_token_id=0,
-    )  # fmt: skip
-    return transformers.GPT2LMHeadModel(config).double().eval()
 
 
 def reference_states(model: nn.Module, ids: list[int]) -> list[torch.Tensor]:

@@ -13,16 +13,10 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from tiny_transformers import one_thread  # noqa: E402, F401
+
 from nfm.exceptions import NFMInputError  # noqa: E402
 from nfm.probes import block_hidden_states, fit_probe, probe_blocks, validation_split  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def concept_states(n: int = 120, seed: int = 0):

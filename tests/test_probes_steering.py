@@ -9,25 +9,10 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
+from tiny_transformers import one_thread, tiny_gpt2  # noqa: E402, F401
+
 from nfm.exceptions import NFMInputError  # noqa: E402
 from nfm.probes import steered_generations, steering  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_gpt2() -> nn.Module:
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=2, n_head=2, n_embd=64, vocab_size=40, n_positions=32, bos_token_id=0,
-        eos_token_id=0,
-    )  # fmt: skip
-    return transformers.GPT2LMHeadModel(config).double().eval()
 
 
 def hooks_left(model: nn.Module) -> int:
@@ -59,7 +44,7 @@ def manual_logits(model: nn.Module, ids: torch.Tensor, shift: torch.Tensor) -> t
 
 
 def test_block_output_is_shifted_by_alpha_times_v():
-    model = tiny_gpt2()
+    model = tiny_gpt2(n_positions=32)
     ids = torch.randint(1, 40, (3, 7), generator=torch.Generator().manual_seed(0))
     v = torch.randn(64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     with torch.no_grad():
@@ -75,7 +60,7 @@ def test_block_output_is_shifted_by_alpha_times_v():
 
 
 def test_zero_strength_is_the_plain_model_and_nothing_stays():
-    model = tiny_gpt2().train()
+    model = tiny_gpt2(n_positions=32).train()
     tok = DigitTokenizer()
     v = np.random.default_rng(0).standard_normal(64)
     out = steered_generations(model, tok, ["abc", "hello"], 1, v, [0.0, 40.0], max_new_tokens=5)
@@ -94,7 +79,7 @@ def test_zero_strength_is_the_plain_model_and_nothing_stays():
 
 
 def test_bad_directions_are_refused_and_the_hook_is_removed():
-    model = tiny_gpt2()
+    model = tiny_gpt2(n_positions=32)
     ids = torch.randint(1, 40, (2, 5), generator=torch.Generator().manual_seed(0))
     with pytest.raises(NFMInputError, match="64"):
         with steering(model, 0, np.ones(10)):

@@ -159,34 +159,29 @@ class PartitionedPredictor:
         gives 1 for its class.
         """
 
-        def evaluate(leaf: Leaf, Xb: torch.Tensor) -> torch.Tensor:
-            values = torch.zeros((Xb.shape[0], self.n_outputs), dtype=torch.float64)
-            values = values.to(Xb.device)
-            if leaf.constant is not None:
-                values[:, leaf.constant] = 1.0
-                return values
-            raw = leaf.estimator._decision_values(Xb).to(torch.float64)
-            if leaf.columns is None:
-                return raw
-            values[:, torch.as_tensor(leaf.columns, device=Xb.device)] = raw
-            return values
-
-        return self._per_leaf(X, evaluate)
+        return self._per_leaf(X, lambda leaf, Xb: self._in_tree_columns(leaf, Xb, "decision"))
 
     def probabilities(self, X: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``(n, k)`` of each row's leaf (0 for classes the leaf never saw)."""
 
-        def evaluate(leaf: Leaf, Xb: torch.Tensor) -> torch.Tensor:
-            values = torch.zeros((Xb.shape[0], self.n_outputs), dtype=torch.float64)
-            values = values.to(Xb.device)
-            if leaf.constant is not None:
-                values[:, leaf.constant] = 1.0
-                return values
-            proba = leaf.estimator.predict_proba(Xb).to(torch.float64)
-            values[:, torch.as_tensor(leaf.columns, device=Xb.device)] = proba
-            return values
+        return self._per_leaf(X, lambda leaf, Xb: self._in_tree_columns(leaf, Xb, "proba"))
 
-        return self._per_leaf(X, evaluate)
+    def _in_tree_columns(self, leaf: Leaf, Xb: torch.Tensor, kind: str) -> torch.Tensor:
+        """A leaf's decision values (``kind="decision"``) or probabilities (``"proba"``) on
+        ``Xb``, placed at the tree's output columns (0 elsewhere; 1 for a single-class leaf)."""
+        values = torch.zeros((Xb.shape[0], self.n_outputs), dtype=torch.float64, device=Xb.device)
+        if leaf.constant is not None:
+            values[:, leaf.constant] = 1.0
+            return values
+        if kind == "decision":
+            raw = leaf.estimator._decision_values(Xb)
+        else:
+            raw = leaf.estimator.predict_proba(Xb)
+        raw = raw.to(torch.float64)
+        if leaf.columns is None:  # a regression leaf: its columns are the tree's
+            return raw
+        values[:, torch.as_tensor(leaf.columns, device=Xb.device)] = raw
+        return values
 
 
 def _exact_clone(estimator: Any, rng: np.random.Generator, **params: Any) -> Any:
